@@ -1,0 +1,121 @@
+"""Model configuration and presets (REFERENCE.md §1)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax.numpy as jnp
+
+# (p, pF) pairs, spatial first: 1x2, 2x2 and 2x4 in the paper's "pF x p" notation.
+DEFAULT_PATCH_SIZES = ((2, 1), (2, 2), (4, 2))
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    dim: int = 2304
+    n_layers: int = 24
+    n_heads: int = 16
+    n_kv_heads: int | None = 8
+    in_channels: int = 16
+    cap_feat_dim: int = 2304
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5
+    qk_norm: bool = True
+    rope_theta: float = 256.0
+    t_scale: float = 1000.0
+    motion_scale: float = 20.0
+    patch_sizes: tuple[tuple[int, int], ...] = DEFAULT_PATCH_SIZES
+    axes_lens: tuple[int, int, int] = (64, 128, 128)  # max tokens along (frames, rows, cols)
+    param_dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype of matmuls and activations
+    remat: str = "none"
+    attention_impl: str = "auto"
+
+    def __post_init__(self):
+        # Lists (e.g. from a config file) become tuples so the config stays hashable.
+        object.__setattr__(self, "patch_sizes", tuple(tuple(p) for p in self.patch_sizes))
+        object.__setattr__(self, "axes_lens", tuple(self.axes_lens))
+        self.validate()
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def adaln_dim(self) -> int:
+        return min(self.dim, 1024)
+
+    @property
+    def ffn_dim(self) -> int:
+        hidden = int(2 * 4 * self.dim / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * math.ceil(hidden / self.multiple_of)
+
+    @property
+    def rope_dims(self) -> tuple[int, int, int]:
+        """head_dim split into (frame, height, width) parts, e.g. 36/54/54 for 144."""
+        unit = self.head_dim // 8
+        return unit * 2, unit * 3, unit * 3
+
+    def patch_key(self, patch_size) -> str:
+        p, pf = patch_size
+        return f"{p}-{pf}"
+
+    def jnp_dtype(self, name: str) -> Any:
+        return DTYPES[getattr(self, name)]
+
+    def validate(self) -> None:
+        def bad(field, msg):
+            raise ValueError(f"ModelConfig.{field}: {msg}")
+
+        if self.dim % self.n_heads:
+            bad("dim", f"{self.dim} must be divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.kv_heads:
+            bad("n_kv_heads", f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.kv_heads}")
+        if self.head_dim % 16:
+            bad("dim", f"head_dim={self.head_dim} must be a multiple of 16 so the 3D RoPE "
+                       "frame/height/width parts (2/8, 3/8, 3/8 of head_dim) are even")
+        if not self.patch_sizes:
+            bad("patch_sizes", "at least one (p, pF) pair is required")
+        for ps in self.patch_sizes:
+            if len(ps) != 2 or min(ps) < 1:
+                bad("patch_sizes", f"{ps} is not a (p, pF) pair of positive ints")
+        if len(set(self.patch_sizes)) != len(self.patch_sizes):
+            bad("patch_sizes", f"duplicate pairs in {self.patch_sizes}")
+        if self.remat not in REMAT_POLICIES:
+            bad("remat", f"{self.remat!r} is unknown; choose one of {REMAT_POLICIES}")
+        for field in ("param_dtype", "dtype"):
+            if getattr(self, field) not in DTYPES:
+                bad(field, f"{getattr(self, field)!r} is unknown; choose one of {tuple(DTYPES)}")
+        if not self.qk_norm:
+            bad("qk_norm", "only qk_norm=True (the published model) is implemented")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Published models (REFERENCE.md §1).
+    "2B_GQA": dict(),
+    "2B": dict(n_kv_heads=None),
+    "4B_GQA": dict(dim=3072, n_layers=32, n_heads=24, n_kv_heads=8),
+    # Small models: "tiny" for unit tests, "demo" for the CPU demo (pixel space, MiniLM
+    # caption features of width 384).
+    "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, in_channels=4,
+                 cap_feat_dim=32, multiple_of=32),
+    "demo": dict(dim=192, n_layers=4, n_heads=6, n_kv_heads=3, in_channels=3,
+                 cap_feat_dim=384, multiple_of=64),
+}
+
+
+def get_preset(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})

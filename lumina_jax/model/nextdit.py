@@ -1,0 +1,146 @@
+"""Multi-scale Next-DiT (Lumina-Video), REFERENCE.md §1.
+
+One transformer shared by every patch size; each (p, pF) pair has its own input
+embedder and final layer. The transformer blocks are stacked along a leading `layers`
+axis and run with `lax.scan` (one compiled block, optional remat).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lumina_jax.model import layers as L
+from lumina_jax.model.config import ModelConfig
+from lumina_jax.model.rope import grid_tables
+
+REMAT = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def patchify(x: jax.Array, p: int, pf: int) -> jax.Array:
+    """`[B, C, F, H, W] -> [B, (f h w), (pf ph pw c)]` (tokens frame-major)."""
+    b, c, f, h, w = x.shape
+    x = x.reshape(b, c, f // pf, pf, h // p, p, w // p, p)
+    x = x.transpose(0, 2, 4, 6, 3, 5, 7, 1)  # b f h w pf ph pw c
+    return x.reshape(b, (f // pf) * (h // p) * (w // p), pf * p * p * c)
+
+
+def unpatchify(tokens: jax.Array, grid: tuple[int, int, int], p: int, pf: int, c: int) -> jax.Array:
+    """Exact inverse of `patchify` for a token grid (Ft, Ht, Wt)."""
+    b = tokens.shape[0]
+    ft, ht, wt = grid
+    x = tokens.reshape(b, ft, ht, wt, pf, p, p, c)
+    x = x.transpose(0, 7, 1, 4, 2, 5, 3, 6)  # b c f pf h ph w pw
+    return x.reshape(b, c, ft * pf, ht * p, wt * p)
+
+
+class NextDiT(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pdt = cfg.jnp_dtype("param_dtype")
+        self.all_x_embedder = nnx.Dict({
+            cfg.patch_key(ps): L.Dense(ps[1] * ps[0] ** 2 * cfg.in_channels, cfg.dim,
+                                       ("patch", "embed"), init=L.xavier_uniform,
+                                       cfg=cfg, rngs=rngs)
+            for ps in cfg.patch_sizes})
+        self.all_final_layer = nnx.Dict({
+            cfg.patch_key(ps): L.FinalLayer(cfg, ps[1] * ps[0] ** 2 * cfg.in_channels, rngs=rngs)
+            for ps in cfg.patch_sizes})
+        self.t_embedder = L.TimestepEmbedder(cfg, rngs=rngs)
+        self.motion_embedder = L.TimestepEmbedder(cfg, zero_out=True, rngs=rngs)
+        self.cap_embedder_norm = L.LayerNorm(cfg.cap_feat_dim, "cap_embed", eps=cfg.norm_eps,
+                                             cfg=cfg, rngs=rngs)
+        self.cap_embedder_linear = L.Dense(cfg.cap_feat_dim, cfg.adaln_dim, ("cap_embed", "adaln"),
+                                           init=L.zeros, cfg=cfg, rngs=rngs)
+        # Present in the published state_dict; unused by the forward pass.
+        self.pad_token = L.param(rngs, L.normal_002, (cfg.dim,), ("embed",), pdt)
+
+        @nnx.split_rngs(splits=cfg.n_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_layers(rngs):
+            return L.TransformerBlock(cfg, rngs=rngs)
+
+        self.layers = make_layers(rngs)
+
+    def __call__(self, x, t, cap_feats, cap_mask, motion_score, *, patch_size=(2, 1)):
+        """Velocity for latents `x [B, C, F, H, W]` at times `t [B]` (1 = clean data).
+
+        cap_feats `[B, L, cap_feat_dim]` with `cap_mask [B, L]` (True = valid token);
+        motion_score `[B]` (negative = dropped); patch_size a configured (p, pF) pair.
+        Returns an array of x's shape.
+        """
+        cfg = self.cfg
+        p, pf = self._check_inputs(x, t, cap_feats, cap_mask, motion_score, patch_size)
+        key = cfg.patch_key((p, pf))
+        b, c, frames, h, w = x.shape
+        if frames == 1 and pf > 1:  # an image fed to a temporal patch: repeat it pF times
+            x = jnp.repeat(x, pf, axis=2)
+        grid = (x.shape[2] // pf, h // p, w // p)
+
+        tokens = self.all_x_embedder[key](patchify(x, p, pf))
+        adaln_input = self.condition(t, cap_feats, cap_mask, motion_score)
+        rope_cos, rope_sin = grid_tables(cfg, grid)
+        y = cap_feats.astype(cfg.jnp_dtype("dtype"))
+        tokens = self.run_layers(tokens, adaln_input, rope_cos, rope_sin, y, cap_mask)
+        out = self.all_final_layer[key](tokens, adaln_input)
+        out = unpatchify(out, grid, p, pf, c)
+        return out[:, :, :frames].astype(x.dtype)
+
+    def condition(self, t, cap_feats, cap_mask, motion_score):
+        """adaLN input = t embedding + pooled caption embedding + motion embedding."""
+        cfg = self.cfg
+        t_emb = self.t_embedder(t * cfg.t_scale)
+        mask = cap_mask.astype(jnp.float32)[..., None]
+        pooled = jnp.sum(cap_feats.astype(jnp.float32) * mask, axis=1) / jnp.maximum(
+            jnp.sum(mask, axis=1), 1.0)
+        cap_emb = self.cap_embedder_linear(self.cap_embedder_norm(pooled))
+        dropped = motion_score < 0
+        motion = jnp.where(dropped, 0.0, motion_score) * cfg.motion_scale
+        motion_emb = jnp.where(dropped[:, None], 0.0, self.motion_embedder(motion))
+        return (t_emb + cap_emb + motion_emb).astype(cfg.jnp_dtype("dtype"))
+
+    def run_layers(self, tokens, adaln_input, rope_cos, rope_sin, y, y_mask):
+        graphdef, stacked = nnx.split(self.layers)
+
+        def body(h, layer_state):
+            block = nnx.merge(graphdef, layer_state)
+            return block(h, adaln_input, rope_cos, rope_sin, y, y_mask), None
+
+        if self.cfg.remat != "none":
+            body = jax.checkpoint(body, policy=REMAT[self.cfg.remat], prevent_cse=False)
+        tokens, _ = jax.lax.scan(body, tokens, stacked)
+        return tokens
+
+    def _check_inputs(self, x, t, cap_feats, cap_mask, motion_score, patch_size):
+        cfg = self.cfg
+        patch_size = tuple(patch_size)
+        if patch_size not in cfg.patch_sizes:
+            raise ValueError(f"patch_size={patch_size} is not configured; ModelConfig.patch_sizes "
+                             f"has {cfg.patch_sizes}")
+        p, pf = patch_size
+        if x.ndim != 5 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"x must be [B, C={cfg.in_channels}, F, H, W]; got {x.shape}")
+        b, _, frames, h, w = x.shape
+        if h % p or w % p:
+            raise ValueError(f"height and width ({h}, {w}) must be divisible by p={p}")
+        if frames != 1 and frames % pf:
+            raise ValueError(f"frames={frames} must be 1 (an image) or divisible by pF={pf}")
+        if t.shape != (b,) or motion_score.shape != (b,):
+            raise ValueError(f"t and motion_score must be [B]=[{b}]; got {t.shape}, "
+                             f"{motion_score.shape}")
+        if cap_feats.ndim != 3 or cap_feats.shape[0] != b or cap_feats.shape[2] != cfg.cap_feat_dim:
+            raise ValueError(f"cap_feats must be [B={b}, L, {cfg.cap_feat_dim}]; got {cap_feats.shape}")
+        if cap_mask.shape != cap_feats.shape[:2]:
+            raise ValueError(f"cap_mask must be {cap_feats.shape[:2]}; got {cap_mask.shape}")
+        return p, pf
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Parameter count from abstract shapes (nothing is allocated)."""
+    abstract = nnx.eval_shape(lambda: NextDiT(cfg, rngs=nnx.Rngs(0)))
+    return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
