@@ -1,0 +1,190 @@
+"""Read and write PyTorch-style checkpoints: safetensors and (when torch is present) .pth.
+
+Streaming choice: the safetensors library only writes a complete in-memory dict, so we
+write the (simple, documented) format ourselves: the header is known up front from the
+layout (every tensor fp32), then each tensor is exported and written on its own. The
+.pth is built afterwards from a copy-on-write memory map of that safetensors file, so
+its tensors are file-backed pages, not a second copy in RAM. Reading memory-maps the
+file too and copies one tensor at a time into the stacked parameter arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from flax import nnx
+
+from lumina_jax.export.state_dict import (expected_shapes, from_torch, model_args,
+                                          strip_prefix, to_torch)
+from lumina_jax.model.config import ModelConfig
+
+CONSOLIDATED = "consolidated.00-of-01"
+CONSOLIDATED_EMA = "consolidated_ema.00-of-01"
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bfloat16",
+              "I64": np.int64, "I32": np.int32}
+
+
+def _have_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_safetensors(path: str, shapes: dict[str, tuple[int, ...]],
+                      tensors: Iterable[tuple[str, np.ndarray]], metadata=None) -> None:
+    """Write fp32 tensors in the order given; `shapes` (same order) fixes the header."""
+    header, offset = {}, 0
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    for name, shape in shapes.items():
+        nbytes = 4 * int(np.prod(shape, dtype=np.int64))
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(8 + len(raw)) % 8)  # the data buffer starts 8-byte aligned
+    order = iter(shapes.items())
+    tmp = path + ".tmp"  # never leave a truncated file under the final name
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            for name, arr in tensors:
+                want, shape = next(order, (None, None))
+                if name != want or arr.shape != tuple(shape):
+                    raise ValueError(f"tensor {name} {arr.shape} arrived where the header has "
+                                     f"{want} {shape}")
+                np.ascontiguousarray(arr, dtype="<f4").tofile(f)
+            if next(order, None) is not None:
+                raise ValueError("fewer tensors than the header announced")
+    except BaseException:
+        os.remove(tmp)
+        raise
+    os.replace(tmp, path)
+
+
+def read_safetensors(path: str, mode: str = "r"):
+    """Header shapes and a per-tensor getter backed by a memory map (keys as in the file)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    mm = np.memmap(path, dtype=np.uint8, mode=mode)
+    base = 8 + n
+
+    def get(name):
+        info = header[name]
+        dtype = _ST_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        if dtype == "bfloat16":
+            import ml_dtypes  # a jax dependency
+            dtype = ml_dtypes.bfloat16
+        start, end = info["data_offsets"]
+        return mm[base + start:base + end].view(dtype).reshape(info["shape"])
+
+    return {k: tuple(v["shape"]) for k, v in header.items()}, get
+
+
+def read_pth(path: str) -> tuple[dict[str, tuple[int, ...]], Callable[[str], np.ndarray]]:
+    import torch
+
+    try:
+        sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError:  # legacy (pre-zip) .pth files cannot be memory-mapped
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state_dict")
+    # bf16/fp16 are widened to fp32 per tensor (numpy has no bf16 bridge in torch).
+    return ({k: tuple(v.shape) for k, v in sd.items()},
+            lambda name: sd[name].detach().float().numpy())
+
+
+def read_state_dict(path: str):
+    """(clean name -> shape, clean name -> numpy array) for a .safetensors or .pth file."""
+    if path.endswith(".safetensors"):
+        shapes, get = read_safetensors(path)
+    elif path.endswith((".pth", ".pt", ".bin")):
+        shapes, get = read_pth(path)
+    else:
+        raise ValueError(f"{path}: expected a .safetensors or .pth file")
+    names = {strip_prefix(k): k for k in shapes}
+    if len(names) != len(shapes):
+        raise ValueError(f"{path}: keys collide once the '_orig_mod.' prefix is removed")
+    return {c: shapes[k] for c, k in names.items()}, lambda c: get(names[c])
+
+
+def _write_pth_from_safetensors(st_path: str, pth_path: str) -> None:
+    import torch
+
+    # mode "c": writable (torch.from_numpy wants that) but private, so nothing is ever
+    # written back; the tensors stay file-backed pages instead of a copy in RAM.
+    shapes, get = read_safetensors(st_path, mode="c")
+    sd = {name: torch.from_numpy(get(name)) for name in shapes}
+    tmp = pth_path + ".tmp"
+    torch.save(sd, tmp)
+    os.replace(tmp, pth_path)
+
+
+def _write_args(cfg: ModelConfig, out_dir: str, pth: bool) -> None:
+    args = model_args(cfg)
+    with open(os.path.join(out_dir, "model_args.json"), "w") as f:
+        json.dump(args, f, indent=2)
+    if pth:
+        import argparse
+
+        import torch
+        # The official trainer saves its argparse Namespace; samplers read attributes.
+        torch.save(argparse.Namespace(**args), os.path.join(out_dir, "model_args.pth"))
+
+
+def export_params(params, cfg: ModelConfig, out_dir: str, ema_params=None, *,
+                  pth: bool | None = None) -> list[str]:
+    """Write params (and EMA params) in the official PyTorch checkpoint layout.
+
+    params / ema_params: an nnx.Module, nnx.State of Params, or a nested dict of arrays
+    with the model's parameter paths (e.g. restored from Orbax). pth: also write .pth
+    files and model_args.pth (default: when torch is importable). Returns written paths.
+    """
+    pth = _have_torch() if pth is None else pth
+    os.makedirs(out_dir, exist_ok=True)
+    shapes = expected_shapes(cfg)
+    written = []
+    for stem, tree in ((CONSOLIDATED, params), (CONSOLIDATED_EMA, ema_params)):
+        if tree is None:
+            continue
+        st = os.path.join(out_dir, stem + ".safetensors")
+        write_safetensors(st, shapes, to_torch(tree, cfg), metadata={"format": "pt"})
+        written.append(st)
+        if pth:
+            _write_pth_from_safetensors(st, os.path.join(out_dir, stem + ".pth"))
+            written.append(os.path.join(out_dir, stem + ".pth"))
+    _write_args(cfg, out_dir, pth)
+    written += [os.path.join(out_dir, "model_args.json")]
+    if pth:
+        written.append(os.path.join(out_dir, "model_args.pth"))
+    return written
+
+
+def import_params(path: str, cfg: ModelConfig) -> nnx.State:
+    """Load a PyTorch-layout checkpoint into the Param state of NextDiT(cfg).
+
+    path: a .safetensors/.pth file, or a directory holding consolidated.00-of-01.* (the
+    safetensors file is preferred). Use `nnx.update(model, state)` to load it.
+    Raises ValueError naming the first mismatching key (expected vs found shape) and
+    any missing or unexpected keys.
+    """
+    if os.path.isdir(path):
+        for ext in (".safetensors", ".pth"):
+            candidate = os.path.join(path, CONSOLIDATED + ext)
+            if os.path.exists(candidate):
+                path = candidate
+                break
+        else:
+            raise FileNotFoundError(f"no {CONSOLIDATED}.safetensors or .pth in {path}")
+    shapes, get = read_state_dict(path)
+    return from_torch(get, shapes, cfg, source=path)
