@@ -1,0 +1,96 @@
+"""Memory-efficient attention in plain XLA: online softmax over key chunks (lax.scan).
+
+For CPU at long lengths (and as a portable fallback). Only one [B, Hq, Nq, chunk] score
+block is live at a time, and the backward pass is its own scan (custom_vjp), so forward
+and backward memory grow linearly in N instead of quadratically. GQA is done by grouping
+query heads ([B, N, Hkv, G, D] einsums), never by repeating K/V.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from lumina_jax.ops.flash_common import MASK_VALUE, FlashConfig, make_flash
+
+F32 = jnp.float32
+
+
+def _chunks(x, c):  # [B, N, ...] -> [N / c, B, c, ...] (scan axis first)
+    b, n = x.shape[:2]
+    return jnp.moveaxis(x.reshape(b, n // c, c, *x.shape[2:]), 1, 0)
+
+
+def _unchunk(x):  # inverse of _chunks
+    x = jnp.moveaxis(x, 0, 1)
+    return x.reshape(x.shape[0], -1, *x.shape[3:])
+
+
+def _scores(cfg, qg, kc, q_ids, idc):
+    s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, kc, preferred_element_type=F32) * cfg.scale
+    valid = q_ids[:, None, None, :, None] == idc[:, None, None, None, :]
+    return s, valid
+
+
+def _fwd(cfg: FlashConfig, q, k, v, q_ids, kv_ids):
+    b, nq, hq, d = q.shape
+    hkv = k.shape[2]
+    g = hq // hkv
+    c = cfg.block_sizes.block_k
+    qg = q.reshape(b, nq, hkv, g, d)
+
+    def step(carry, xs):
+        m, l, acc = carry  # [B,Hkv,G,Nq], [B,Hkv,G,Nq], [B,Hkv,G,Nq,D]
+        kc, vc, idc = xs
+        s, valid = _scores(cfg, qg, kc, q_ids, idc)
+        s = jnp.where(valid, s, MASK_VALUE)
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+        p = jnp.where(valid, jnp.exp(s - m_new[..., None]), 0.0)
+        alpha = jnp.exp(m - m_new)
+        l = alpha * l + jnp.sum(p, axis=-1)
+        acc = alpha[..., None] * acc + jnp.einsum(
+            "bhgqk,bkhd->bhgqd", p.astype(v.dtype), vc, preferred_element_type=F32)
+        return (m_new, l, acc), None
+
+    init = (jnp.full((b, hkv, g, nq), MASK_VALUE, F32), jnp.zeros((b, hkv, g, nq), F32),
+            jnp.zeros((b, hkv, g, nq, d), F32))
+    (m, l, acc), _ = lax.scan(step, init, (_chunks(k, c), _chunks(v, c), _chunks(kv_ids, c)))
+    nonempty = l > 0.0
+    safe_l = jnp.where(nonempty, l, 1.0)
+    o = (acc / safe_l[..., None]).transpose(0, 3, 1, 2, 4).reshape(b, nq, hq, d)
+    lse = jnp.where(nonempty, m + jnp.log(safe_l), jnp.inf).reshape(b, hq, nq)
+    return o.astype(q.dtype), lse
+
+
+def _bwd(cfg: FlashConfig, q, k, v, q_ids, kv_ids, o, lse, do, delta):
+    del o
+    b, nq, hq, d = q.shape
+    hkv = k.shape[2]
+    g = hq // hkv
+    c = cfg.block_sizes.block_k
+    qg = q.reshape(b, nq, hkv, g, d)
+    dog = do.reshape(b, nq, hkv, g, d)
+    lse = lse.reshape(b, hkv, g, nq)[..., None]
+    delta = delta.reshape(b, hkv, g, nq)[..., None]
+
+    def step(dq, xs):
+        kc, vc, idc = xs
+        s, valid = _scores(cfg, qg, kc, q_ids, idc)
+        p = jnp.where(valid, jnp.exp(s - lse), 0.0)
+        dv = jnp.einsum("bhgqk,bqhgd->bkhd", p.astype(do.dtype), dog,
+                        preferred_element_type=F32)
+        dp = jnp.einsum("bqhgd,bkhd->bhgqk", dog, vc, preferred_element_type=F32)
+        ds = p * (dp - delta)
+        dk = jnp.einsum("bhgqk,bqhgd->bkhd", ds.astype(q.dtype), qg,
+                        preferred_element_type=F32) * cfg.scale
+        dq = dq + jnp.einsum("bhgqk,bkhd->bqhgd", ds.astype(k.dtype), kc,
+                             preferred_element_type=F32)
+        return dq, (dk.astype(k.dtype), dv.astype(v.dtype))
+
+    dq, (dk, dv) = lax.scan(step, jnp.zeros(qg.shape, F32),
+                            (_chunks(k, c), _chunks(v, c), _chunks(kv_ids, c)))
+    return (dq * cfg.scale).reshape(q.shape), _unchunk(dk), _unchunk(dv)
+
+
+chunked_attention = make_flash(_fwd, _bwd)

@@ -1,0 +1,54 @@
+"""The Pallas kernels lower for the real backends, without one: `jax.export` of the jitted
+forward + backward for CUDA (Triton) and TPU (Mosaic), custom-call check disabled only for
+the kernel's own target. Shapes: 2B-like heads (16 q / 8 kv, head_dim 144), bf16,
+segment ids + kv mask, a length (300) that is not a block multiple.
+"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import export
+
+from lumina_jax.ops.attention import attention
+
+TARGETS = {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}
+PLATFORM = {"cuda": "gpu", "tpu": "tpu"}
+N = 300
+
+
+def _fwd_bwd(platform, impl="pallas"):
+    def fn(q, k, v, seg, kv_mask):
+        def f(q, k, v):
+            return attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, kv_mask=kv_mask,
+                             impl=impl, platform=platform, interpret=False)
+
+        out, vjp = jax.vjp(f, q, k, v)
+        return out, vjp(out)
+
+    return jax.jit(fn)
+
+
+def _args(b=1, n=N, hq=16, hkv=8, d=144):
+    s = jax.ShapeDtypeStruct
+    return (s((b, n, hq, d), jnp.bfloat16), s((b, n, hkv, d), jnp.bfloat16),
+            s((b, n, hkv, d), jnp.bfloat16), s((b, n), jnp.int32), s((b, n), jnp.bool_))
+
+
+@pytest.mark.parametrize("target_platform", ["cuda", "tpu"])
+def test_pallas_forward_backward_exports(target_platform):
+    target = TARGETS[target_platform]
+    exp = export.export(
+        _fwd_bwd(PLATFORM[target_platform]), platforms=[target_platform],
+        disabled_checks=[export.DisabledSafetyCheck.custom_call(target)])(*_args())
+    text = exp.mlir_module()
+    assert text.count("stablehlo.custom_call") == 3
+    for kernel in ("lumina_flash_fwd", "lumina_flash_dq", "lumina_flash_dkv"):
+        assert kernel in text
+    padded = 320 if target_platform == "cuda" else 384  # block multiples
+    assert f"{padded}x{padded}" not in text and f"{N}x{N}" not in text  # no N x N scores
+    assert len(exp.out_avals) == 4
+
+
+def test_export_without_disabling_the_check_fails():
+    with pytest.raises(ValueError, match="custom call"):
+        export.export(_fwd_bwd("gpu"), platforms=["cuda"])(*_args(hq=2, hkv=1, d=64))
