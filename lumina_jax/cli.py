@@ -61,7 +61,13 @@ def _run_info(args) -> int:
     return 0
 
 
-REGISTRARS = [_register_info]
+def _register_prepare(subparsers) -> None:
+    from data_pipelines.cli import register
+
+    register(subparsers)
+
+
+REGISTRARS = [_register_info, _register_prepare]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,89 @@
+"""`prepare` subcommand. Wired into `lumina-jax` by lumina_jax/cli.py via `register`.
+
+  lumina-jax prepare --input DIR_or_manifest.jsonl --output OUT [--resolution 256 --fps 8
+      --max-frames 32 --latent-encoder identity|cogvideox --caption-encoder minilm|gemma]
+  lumina-jax prepare --demo --output OUT     # generate + prepare the embedded demo data
+
+Standalone: python -m data_pipelines.cli prepare ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from data_pipelines import encoders
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prepare",
+        help="scan media, compute motion scores, write ArrayRecord shards",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--input", help="folder of videos/images (sub-folder = source) or manifest")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="generate the embedded demo dataset into OUTPUT/raw, prepare it "
+        "into OUTPUT/prepared (32 px, 8 fps, 16 frames unless given)",
+    )
+    p.add_argument("--resolution", type=int, default=None, help="bucket area = this squared")
+    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--frame-buckets", default="", help="comma list, e.g. 8,16,32")
+    p.add_argument("--multiple", type=int, default=32, help="bucket sides divisible by this")
+    p.add_argument("--max-aspect", type=float, default=4.0)
+    p.add_argument("--latent-encoder", choices=sorted(encoders.LATENT_ENCODERS), default="identity")
+    p.add_argument("--caption-encoder", choices=sorted(encoders.CAPTION_ENCODERS), default="minilm")
+    p.add_argument("--system-prompt", default=encoders.DEFAULT_SYSTEM_PROMPT)
+    p.add_argument("--records-per-shard", type=int, default=1024)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from data_pipelines import demo, offline  # pylint: disable=import-outside-toplevel
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.demo:
+        summary = demo.prepare_demo(
+            args.output,
+            resolution=args.resolution or 32,
+            fps=args.fps,
+            frames=args.max_frames or 16,
+            caption_encoder=args.caption_encoder,
+        )
+    else:
+        if not args.input:
+            raise SystemExit("prepare: --input is required (or --demo)")
+        buckets = tuple(int(x) for x in args.frame_buckets.split(",") if x)
+        summary = offline.prepare(
+            args.input,
+            args.output,
+            resolution=args.resolution or 256,
+            fps=args.fps,
+            max_frames=args.max_frames or 32,
+            frame_buckets=buckets,
+            multiple=args.multiple,
+            max_aspect=args.max_aspect,
+            latent_encoder=args.latent_encoder,
+            caption_encoder=args.caption_encoder,
+            system_prompt=args.system_prompt,
+            records_per_shard=args.records_per_shard,
+        )
+    print(json.dumps({k: v for k, v in summary.items() if k != "system_prompts"}, indent=1))
+    return 0
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="data_pipelines")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Embedded demo dataset, generated locally in seconds (no network, nothing committed).
+
+Two sources, each with videos and still images, written as real encoded files plus a
+manifest, then prepared by the same code path as user data:
+  natural    camera pans (4 directions x 2 speeds), zooms in/out and static shots over
+             the photographs scikit-image ships (mp4 / h264), so motion scores span a
+             range; stills of the same photographs (png).
+  synthetic  coloured shapes moving in 4 directions at 2 speeds on a dark background
+             (webm / vp9), e.g. "a red square moving left quickly"; still shapes (png).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from data_pipelines import encoders, manifest, offline, video
+
+PHOTOS = {
+    "astronaut": "an astronaut",
+    "coffee": "a cup of coffee",
+    "chelsea": "a cat",
+    "rocket": "a rocket on a launch pad",
+}
+COLORS = {
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 90, 240),
+    "yellow": (240, 220, 40),
+}
+SHAPES = ("square", "circle", "triangle")
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+SPEEDS = {"slowly": 1.5, "quickly": 3.0}  # pixels per frame at 64 px
+DEMO_PROMPTS = {
+    "natural": "Generate a video of a real scene with the described camera motion. ",
+    "synthetic": "Generate a video of a simple coloured shape with the described motion. ",
+}
+
+
+def _draw(img: np.ndarray, shape: str, color, cx: float, cy: float, r: float) -> None:
+    c, s = (round(cx), round(cy)), round(r)
+    if shape == "square":
+        cv2.rectangle(img, (c[0] - s, c[1] - s), (c[0] + s, c[1] + s), color, -1)
+    elif shape == "circle":
+        cv2.circle(img, c, s, color, -1, lineType=cv2.LINE_AA)
+    else:
+        pts = np.array([[c[0], c[1] - s], [c[0] - s, c[1] + s], [c[0] + s, c[1] + s]], np.int32)
+        cv2.fillPoly(img, [pts], color, lineType=cv2.LINE_AA)
+
+
+def shape_clip(
+    shape: str, color, direction: str, speed: float, size: int = 64, frames: int = 16
+) -> np.ndarray:
+    dx, dy = DIRECTIONS[direction]
+    r = size / 8
+    travel = speed * (frames - 1) * size / 64
+    # Start so the shape stays in view for the whole clip, centred on the other axis.
+    cx = size / 2 - dx * travel / 2
+    cy = size / 2 - dy * travel / 2
+    out = np.empty((frames, size, size, 3), np.uint8)
+    for i in range(frames):
+        out[i] = 24
+        step = speed * i * size / 64
+        _draw(out[i], shape, color, cx + dx * step, cy + dy * step, r)
+    return out
+
+
+def _photo(name: str) -> np.ndarray:
+    import skimage.data  # pylint: disable=import-outside-toplevel
+
+    img = getattr(skimage.data, name)()
+    return img if img.ndim == 3 else np.repeat(img[..., None], 3, -1)
+
+
+def camera_clip(
+    photo: np.ndarray, motion: str, speed: float, size: int = 64, frames: int = 16
+) -> np.ndarray:
+    """Crops a moving/zooming window out of a photo. 'pan left' = content moves right."""
+    h, w, _ = photo.shape
+    win = min(h, w) // 2
+    scale = win / size
+    out = np.empty((frames, size, size, 3), np.uint8)
+    for i in range(frames):
+        t = i - (frames - 1) / 2
+        cx, cy, side = w / 2, h / 2, win
+        if motion in DIRECTIONS:
+            dx, dy = DIRECTIONS[motion]
+            cx, cy = cx + dx * speed * scale * t, cy + dy * speed * scale * t
+        elif motion == "zooms in":
+            side = win * (1 - 0.025 * speed * (i - 0))
+        elif motion == "zooms out":
+            side = win * (1 - 0.025 * speed * (frames - 1 - i))
+        x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+        x0, y0 = min(max(x0, 0), w - int(side)), min(max(y0, 0), h - int(side))
+        crop = photo[y0 : y0 + int(side), x0 : x0 + int(side)]
+        out[i] = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def generate(folder: str, size: int = 64, frames: int = 16, fps: float = 8.0) -> str:
+    """Writes the demo media and `manifest.jsonl` under `folder`; returns the manifest path."""
+    recs = []
+
+    def add(
+        source: str,
+        name: str,
+        caption: str,
+        clip: np.ndarray | None = None,
+        still: np.ndarray | None = None,
+        ext: str = ".mp4",
+    ):
+        os.makedirs(os.path.join(folder, source), exist_ok=True)
+        path = os.path.join(folder, source, name + (ext if clip is not None else ".png"))
+        if clip is not None:
+            video.write_video(path, clip, fps)
+        else:
+            Image.fromarray(still).save(path)
+        recs.append({"path": path, "caption": caption, "source": source})
+
+    for name, desc in PHOTOS.items():
+        photo = _photo(name)
+        for (d, _), (sp, v) in itertools.product(DIRECTIONS.items(), SPEEDS.items()):
+            add(
+                "natural",
+                f"{name}_pan_{d}_{sp}",
+                f"a photo of {desc}, the camera pans {d} {sp}",
+                camera_clip(photo, d, v, size, frames),
+            )
+        for zoom in ("zooms in", "zooms out"):
+            add(
+                "natural",
+                f"{name}_{zoom.replace(' ', '_')}",
+                f"a photo of {desc}, the camera {zoom}",
+                camera_clip(photo, zoom, 1.5, size, frames),
+            )
+        add(
+            "natural",
+            f"{name}_static",
+            f"a photo of {desc}, the camera is still",
+            camera_clip(photo, "static", 0.0, size, frames),
+        )
+        add(
+            "natural",
+            f"{name}_still",
+            f"a photo of {desc}",
+            still=cv2.resize(
+                camera_clip(photo, "static", 0.0, 2 * size, 1)[0],
+                (size, size),
+                interpolation=cv2.INTER_AREA,
+            ),
+        )
+    for shape, (cname, color) in itertools.product(SHAPES, COLORS.items()):
+        for (d, _), (sp, v) in itertools.product(DIRECTIONS.items(), SPEEDS.items()):
+            add(
+                "synthetic",
+                f"{cname}_{shape}_{d}_{sp}",
+                f"a {cname} {shape} moving {d} {sp}",
+                shape_clip(shape, color, d, v, size, frames),
+                ext=".webm",
+            )
+        add(
+            "synthetic",
+            f"{cname}_{shape}_still",
+            f"a {cname} {shape}",
+            still=shape_clip(shape, color, "left", 0.0, size, 1)[0],
+        )
+    path = os.path.join(folder, "manifest.jsonl")
+    # Probe now so the manifest is complete (and every generated file is proven readable).
+    manifest.write_manifest(path, [manifest.probe_record(r) for r in recs])
+    return path
+
+
+def prepare_demo(
+    folder: str,
+    resolution: int = 32,
+    fps: float = 8.0,
+    frames: int = 16,
+    caption_encoder: str = "minilm",
+) -> dict:
+    """Generates the demo under folder/raw and prepares it into folder/prepared.
+
+    Train with `demo_task(folder)`. For on-the-fly decoding instead, use sources with
+    path folder/prepared/manifest.jsonl (the raw files, with motion scores).
+    """
+    manifest_path = generate(
+        os.path.join(folder, "raw"), size=2 * resolution, frames=frames, fps=fps
+    )
+    return offline.prepare(
+        manifest_path,
+        os.path.join(folder, "prepared"),
+        resolution=resolution,
+        fps=fps,
+        max_frames=frames,
+        frame_buckets=(frames,),
+        multiple=16,
+        caption_encoder=caption_encoder,
+        system_prompts=DEMO_PROMPTS,
+        system_prompt=encoders.DEFAULT_SYSTEM_PROMPT,
+    )
+
+
+def demo_task(
+    folder: str,
+    media: str = "video",
+    batch_size: int = 8,
+    resolution: int = 32,
+    frames: int = 16,
+    **kwargs,
+) -> "pipeline.Task":
+    """The Task that trains on `prepare_demo(folder)` output: natural 0.5, synthetic 0.5."""
+    from data_pipelines import pipeline  # pylint: disable=import-outside-toplevel
+
+    path = os.path.join(folder, "prepared")
+    return pipeline.Task(
+        sources=(pipeline.Source("natural", path, 0.5), pipeline.Source("synthetic", path, 0.5)),
+        media=media,
+        resolution=resolution,
+        fps=8.0,
+        max_frames=frames,
+        frame_buckets=(frames,),
+        multiple=16,
+        batch_size=batch_size,
+        **kwargs,
+    )
