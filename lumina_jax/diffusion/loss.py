@@ -1,0 +1,117 @@
+"""Rectified-flow training objective (REFERENCE §3).
+
+`velocity_fn(x, t, cap_feats, cap_mask, motion_score, patch_size=(p, pF))` is any
+callable with the model's signature (the train step wraps the NNX state around it).
+A batch is a dict of arrays: `latents [B,C,F,H,W]`, `cap_feats [B,L,D]`,
+`cap_mask [B,L]`, `motion_score [B]`, optionally `loss_mask` (broadcastable to latents).
+Condition dropout (caption -> system prompt only, motion -> -1 / 0) is applied by the
+data pipeline, which knows each source's system prompt (`data_pipelines.Task`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from lumina_jax.diffusion import path
+from lumina_jax.diffusion.schedule import patch_size as _patch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One training task: a media type at one patch size with its own time shift."""
+    media: str                      # "image" | "video"
+    patch_size: tuple[int, int]     # (p, pF)
+    shift: float
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if self.media not in ("image", "video"):
+            raise ValueError(f"media must be 'image' or 'video', got {self.media!r}")
+        object.__setattr__(self, "patch_size", _patch_size(self.patch_size))
+
+
+# Scale-aware shifts of the recipe: image 1x2 -> 1, video 1x2 / 2x2 / 2x4 -> 2 / 4 / 8.
+DEFAULT_TASKS: dict[str, TaskSpec] = {
+    "image_1x2": TaskSpec("image", (2, 1), 1.0),
+    "video_1x2": TaskSpec("video", (2, 1), 2.0),
+    "video_2x2": TaskSpec("video", (2, 2), 4.0),
+    "video_2x4": TaskSpec("video", (4, 2), 8.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Flat, so that `LossConfig(**config.loss)` works from an ml_collections config."""
+    vd_weight: float = 1.0              # weight of (1 - cosine similarity)
+    time_sampling: str = "uniform"      # or "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    n_t_bins: int = 10                  # loss logged in this many equal bins of (shifted) t
+
+
+def per_item_loss(pred: jax.Array, target: jax.Array, mask: jax.Array | None = None,
+                  vd_weight: float = 1.0, eps: float = 1e-8):
+    """MSE + vd_weight * (1 - cos) over each flattened item -> (loss, mse, cos), each [B].
+
+    `mask` (broadcastable to pred, e.g. [B,1,F,H,W]) keeps only its nonzero elements in
+    both terms; the MSE averages over the kept elements.
+    """
+    pred = pred.astype(jnp.float32)
+    target = target.astype(jnp.float32)
+    m = jnp.ones_like(pred) if mask is None else jnp.broadcast_to(mask, pred.shape).astype(jnp.float32)
+    axes = tuple(range(1, pred.ndim))
+    mse = jnp.sum(m * (pred - target) ** 2, axes) / jnp.maximum(jnp.sum(m, axes), 1.0)
+    # As torch.cosine_similarity: each norm clamped to >= eps. The clamp sits inside the
+    # sqrt so that an all-zero prediction (the zero-initialised final layer at step 0)
+    # gets a finite gradient (target_hat / eps, as in torch) instead of 0 * inf = NaN.
+    norm = lambda a: jnp.sqrt(jnp.maximum(jnp.sum(m * a**2, axes), eps**2))
+    cos = jnp.sum(m * pred * target, axes) / (norm(pred) * norm(target))
+    return mse + vd_weight * (1.0 - cos), mse, cos
+
+
+def bin_by_t(values: jax.Array, t: jax.Array, n_bins: int):
+    """(sum, count) of `values` [B] per equal-width bin of t in [0, 1] -> two [n_bins]
+    arrays; sums and counts add across steps, tasks and hosts before dividing."""
+    idx = jnp.clip(jnp.floor(t * n_bins).astype(jnp.int32), 0, n_bins - 1)
+    onehot = jax.nn.one_hot(idx, n_bins, dtype=jnp.float32)
+    return values.astype(jnp.float32) @ onehot, jnp.sum(onehot, 0)
+
+
+def task_loss(velocity_fn: Callable[..., jax.Array], key: jax.Array,
+              batch: Mapping[str, jax.Array], task: TaskSpec,
+              cfg: LossConfig = LossConfig()) -> tuple[jax.Array, dict[str, Any]]:
+    """Mean per-item loss of one task's batch, and logging aux:
+    `loss, mse, cos` (batch means), `loss_by_t_sum / loss_by_t_count` [n_t_bins]."""
+    x1 = batch["latents"]
+    k_t, k_noise = jax.random.split(key)
+    t = path.sample_time(k_t, x1.shape[0], cfg.time_sampling, logit_mean=cfg.logit_mean,
+                         logit_std=cfg.logit_std, shift=task.shift)
+    x0 = jax.random.normal(k_noise, x1.shape, x1.dtype)
+    pred = velocity_fn(path.interpolate(x0, x1, t), t, batch["cap_feats"], batch["cap_mask"],
+                       batch["motion_score"], patch_size=task.patch_size)
+    loss, mse, cos = per_item_loss(pred, path.velocity_target(x0, x1), batch.get("loss_mask"),
+                                   cfg.vd_weight)
+    s, c = bin_by_t(loss, t, cfg.n_t_bins)
+    aux = {"loss": loss.mean(), "mse": mse.mean(), "cos": cos.mean(),
+           "loss_by_t_sum": s, "loss_by_t_count": c}
+    return loss.mean(), aux
+
+
+def multitask_loss(velocity_fn: Callable[..., jax.Array], key: jax.Array,
+                   batches: Mapping[str, Mapping[str, jax.Array]], tasks: Mapping[str, TaskSpec],
+                   cfg: LossConfig = LossConfig()):
+    """sum_task weight * task_loss over every task that has a batch -> (total, {task: aux}).
+
+    Its gradient is the sum of the per-task gradients (the recipe's accumulation); a
+    train step short of memory can instead call `task_loss` per task and add gradients.
+    """
+    total, aux = jnp.zeros((), jnp.float32), {}
+    for i, name in enumerate(sorted(batches)):
+        loss, aux[name] = task_loss(velocity_fn, jax.random.fold_in(key, i), batches[name],
+                                    tasks[name], cfg)
+        total = total + tasks[name].weight * loss
+    return total, aux
