@@ -15,6 +15,7 @@ from flax import nnx
 
 from lumina_jax.model.config import ModelConfig
 from lumina_jax.ops.attention import attention
+from lumina_jax.parallel.rules import constrain
 
 xavier_uniform = nnx.initializers.xavier_uniform()
 normal_002 = nnx.initializers.normal(0.02)
@@ -137,6 +138,11 @@ class Attention(nnx.Module):
         k = self.k_norm(self.wk(x)).reshape(b, n, self.kv_heads, self.head_dim)
         v = self.wv(x).reshape(b, n, self.kv_heads, self.head_dim)
         q, k = apply_rope(q, rope_cos, rope_sin), apply_rope(k, rope_cos, rope_sin)
+        # Under sequence parallelism queries stay split by token while every device
+        # gathers the full keys/values (XLA inserts the all-gather).
+        q = constrain(q, ("act_batch", "act_tokens", "act_heads", None))
+        k = constrain(k, ("act_batch", None, "act_heads", None))
+        v = constrain(v, ("act_batch", None, "act_heads", None))
         out = attention(q, k, v, impl=self.impl)
 
         yk = self.ky_norm(self.wk_y(y)).reshape(b, -1, self.kv_heads, self.head_dim)

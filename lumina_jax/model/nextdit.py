@@ -14,6 +14,9 @@ from flax import nnx
 from lumina_jax.model import layers as L
 from lumina_jax.model.config import ModelConfig
 from lumina_jax.model.rope import grid_tables
+from lumina_jax.parallel.rules import constrain
+
+TOKENS_AXES = ("act_batch", "act_tokens", None)
 
 REMAT = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -82,7 +85,7 @@ class NextDiT(nnx.Module):
             x = jnp.repeat(x, pf, axis=2)
         grid = (x.shape[2] // pf, h // p, w // p)
 
-        tokens = self.all_x_embedder[key](patchify(x, p, pf))
+        tokens = constrain(self.all_x_embedder[key](patchify(x, p, pf)), TOKENS_AXES)
         adaln_input = self.condition(t, cap_feats, cap_mask, motion_score)
         rope_cos, rope_sin = grid_tables(cfg, grid)
         y = cap_feats.astype(cfg.jnp_dtype("dtype"))
@@ -109,7 +112,8 @@ class NextDiT(nnx.Module):
 
         def body(h, layer_state):
             block = nnx.merge(graphdef, layer_state)
-            return block(h, adaln_input, rope_cos, rope_sin, y, y_mask), None
+            h = block(h, adaln_input, rope_cos, rope_sin, y, y_mask)
+            return constrain(h, TOKENS_AXES), None
 
         if self.cfg.remat != "none":
             body = jax.checkpoint(body, policy=REMAT[self.cfg.remat], prevent_cse=False)
