@@ -61,13 +61,130 @@ def _run_info(args) -> int:
     return 0
 
 
+def _register_train(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train from an ml_collections config; resumes from the workdir",
+        description="Train. Config fields are overridden with --config.a.b=value (unknown "
+                    "keys and wrong types are rejected before any compute).")
+    p.add_argument("--config", required=True, help="configs/x.py or configs/x.py:arg")
+    p.add_argument("--workdir", required=True, help="checkpoints, metrics, samples go here")
+    p.set_defaults(func=_run_train, accepts_overrides=True)
+
+
+def _run_train(args) -> int:
+    from lumina_jax.train.config import load_config
+    from lumina_jax.train.loop import train
+
+    config = load_config(args.config, args.overrides)
+    last = train(config, args.workdir)
+    if last:
+        print("final metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()
+                                             if isinstance(v, float) and "/" not in k))
+    return 0
+
+
+def _register_sample(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sample", help="generate videos from a training workdir's EMA weights (mp4 + GIF)")
+    p.add_argument("--checkpoint", required=True, help="training workdir")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="a prompt (repeatable); default: the config's sample prompts")
+    p.add_argument("--out", default=None, help="output folder (default: WORKDIR/samples)")
+    p.add_argument("--weights", choices=("ema", "params"), default="ema")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num-steps", type=int, default=None, help="Euler steps")
+    p.add_argument("--cfg", type=float, default=None, help="constant CFG scale")
+    p.add_argument("--motion", type=float, default=None, help="positive motion score")
+    p.add_argument("--preset", default=None,
+                   help="sampler preset (960px, 960px-multiscale, 512px, 512px-multiscale)")
+    p.add_argument("--size", type=int, nargs=3, default=None, metavar=("F", "H", "W"),
+                   help="latent frames, height and width")
+    p.set_defaults(func=_run_sample)
+
+
+def _run_sample(args) -> int:
+    import dataclasses
+    import os
+
+    from lumina_jax.train import samples
+    from lumina_jax.train.loop import load_run, sample_spec
+
+    exp, state = load_run(args.checkpoint, args.step)
+    spec = sample_spec(exp.config) or samples.SampleSpec(prompts=(), frames=8, height=32,
+                                                         width=32)
+    settings = dict(spec.settings)
+    for name, value in (("num_steps", args.num_steps), ("cfg", args.cfg),
+                        ("motion", args.motion)):
+        if value is not None:
+            settings[name] = value
+    changes = {"settings": settings}
+    if args.prompt:
+        changes["prompts"] = tuple(args.prompt)
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    if args.preset is not None:
+        changes["preset"] = args.preset
+    if args.size is not None:
+        changes["frames"], changes["height"], changes["width"] = args.size
+    spec = dataclasses.replace(spec, **changes)
+    if not spec.prompts:
+        raise SystemExit("sample: give --prompt (the config has no sample prompts)")
+    latents = samples.generate(exp.model, state[args.weights], spec)
+    out = args.out or os.path.join(args.checkpoint, "samples")
+    paths = samples.write_samples(samples.to_frames(latents), spec.prompts, out, spec.fps)
+    print("\n".join(paths))
+    return 0
+
+
+def _register_export(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="write a training workdir's weights as the official PyTorch "
+                       "state_dict (consolidated[_ema].00-of-01.safetensors/.pth + model_args)")
+    p.add_argument("--checkpoint", required=True, help="training workdir")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from lumina_jax.export import export_params
+    from lumina_jax.train.loop import load_run
+
+    exp, state = load_run(args.checkpoint, args.step)
+    for path in export_params(state["params"], exp.model, args.out, ema_params=state["ema"]):
+        print(path)
+    return 0
+
+
+def _register_import(subparsers) -> None:
+    p = subparsers.add_parser(
+        "import", help="start a training workdir from PyTorch weights (.safetensors/.pth)")
+    p.add_argument("--weights", required=True, help="state_dict file or export folder")
+    p.add_argument("--config", required=True, help="configs/x.py[:arg] of the run to start")
+    p.add_argument("--workdir", required=True)
+    p.set_defaults(func=_run_import, accepts_overrides=True)
+
+
+def _run_import(args) -> int:
+    from lumina_jax.train.config import load_config
+    from lumina_jax.train.loop import import_weights
+
+    step_dir = import_weights(load_config(args.config, args.overrides), args.weights,
+                              args.workdir)
+    print(f"wrote {step_dir}; `lumina-jax train --config {args.config} --workdir "
+          f"{args.workdir}` continues from these weights")
+    return 0
+
+
 def _register_prepare(subparsers) -> None:
     from data_pipelines.cli import register
 
     register(subparsers)
 
 
-REGISTRARS = [_register_info, _register_prepare]
+REGISTRARS = [_register_info, _register_prepare, _register_train, _register_sample,
+              _register_export, _register_import]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +192,18 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for register in REGISTRARS:
         register(subparsers)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if a.startswith("--config.")]
+    if len(overrides) != len(extra) or (overrides and not getattr(args, "accepts_overrides", False)):
+        parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in overrides) or ' '.join(extra)}")
+    args.overrides = overrides
+    from lumina_jax.train.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as e:  # a bad config is reported plainly, before any compute
+        print(f"lumina-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # caption features of width 384).
     "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, in_channels=4,
                  cap_feat_dim=32, multiple_of=32),
-    "demo": dict(dim=192, n_layers=4, n_heads=6, n_kv_heads=3, in_channels=3,
+    "demo": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, in_channels=3,
                  cap_feat_dim=384, multiple_of=64),
 }
 

@@ -1,0 +1,84 @@
+"""The CPU demo: a small Next-DiT trained on the embedded dataset in a few minutes.
+
+    lumina-jax prepare --demo --output workdirs/demo_data --max-frames 8
+    lumina-jax train --config configs/demo.py --workdir workdirs/demo
+
+Same machinery as the published recipe (configs/lumina_video_2b.py) at tiny size:
+pixel-space 32x32 clips of 8 frames, MiniLM caption features, two stages (images, then
+joint image + multi-scale video). `--config configs/demo.py:quick` runs a few steps.
+Any field can be overridden: `--config.optim.lr=3e-4 --config.stages.1.steps=50`.
+"""
+
+import ml_collections
+
+from lumina_jax.train.loop import default_config
+
+DATA = "{data_dir}/prepared"
+SYNTHETIC_PROMPT = "Generate a video of a simple coloured shape with the described motion. "
+
+
+def data(media: str, batch_size: int) -> dict:
+    return {
+        "sources": {"natural": {"path": DATA, "weight": 0.5},
+                    "synthetic": {"path": DATA, "weight": 0.5}},
+        "resolution": 32, "fps": 8.0, "max_frames": 8, "frame_buckets": (8,), "multiple": 16,
+        "batch_size": batch_size, "num_workers": 0,
+        "caption_len": 48,  # fixed, so every batch of a task has one shape (one compile)
+    }
+
+
+def task(media: str, patch_size, shift: float, batch_size: int) -> dict:
+    return {"media": media, "patch_size": patch_size, "shift": shift,
+            "data": data(media, batch_size)}
+
+
+def get_config(arg=None):
+    c = default_config()
+    c.model.preset = "demo"
+    c.data_dir = "workdirs/demo_data"
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 20
+    c.optim.ema_decay = 0.95
+    c.optim.ema_every = 1
+    c.stages = [
+        ml_collections.ConfigDict({"name": "images", "steps": 60, "tasks": {
+            "image_1x2": task("image", (2, 1), 1.0, 16)}}),
+        ml_collections.ConfigDict({"name": "video", "steps": 150, "tasks": {
+            "image_1x2": task("image", (2, 1), 1.0, 4),
+            "video_2x4": task("video", (4, 2), 4.0, 8),
+            "video_2x2": task("video", (2, 2), 2.0, 2)}}),
+    ]
+    c.mesh.data = -1
+    c.rules = "dp"
+    c.checkpoint.every = 50
+    c.log_every = 10
+    c.sample.every = 0
+    c.sample.prompts = ["a red square moving left quickly", "a blue circle moving down slowly",
+                        "a yellow triangle moving right quickly", "a green circle moving up slowly"]
+    c.sample.system_prompt = SYNTHETIC_PROMPT
+    c.sample.frames, c.sample.height, c.sample.width = 8, 32, 32
+    c.sample.settings = {"num_steps": 30, "shift": 2.0, "patch_size": ("2x4", (0.3, "2x2")),
+                         "cfg": (3.0, (0.6, 0.0)), "motion": 3.0, "neg_motion": 3.0}
+    if arg == "quick":  # smoke run: a few steps per stage
+        c.stages[0].steps, c.stages[1].steps = 4, 4
+        c.checkpoint.every, c.log_every = 4, 2
+        c.sample.settings["num_steps"] = 4
+    elif arg == "tiny":  # the tests' curriculum: tiny model, three short stages
+        c.model.dim, c.model.n_layers, c.model.n_heads, c.model.n_kv_heads = 32, 2, 2, 1
+        c.model.multiple_of = 32
+        c.stages = [
+            ml_collections.ConfigDict({"name": "images", "steps": 3, "tasks": {
+                "image_1x2": task("image", (2, 1), 1.0, 4)}}),
+            ml_collections.ConfigDict({"name": "video", "steps": 4, "tasks": {
+                "video_2x4": task("video", (4, 2), 4.0, 4)}}),
+            ml_collections.ConfigDict({"name": "joint", "steps": 3, "tasks": {
+                "image_1x2": task("image", (2, 1), 1.0, 2),
+                "video_2x4": task("video", (4, 2), 4.0, 2),
+                "video_2x2": task("video", (2, 2), 2.0, 2)}}),
+        ]
+        c.checkpoint.every, c.checkpoint.keep, c.log_every = 2, 5, 1
+        c.sample.prompts = c.sample.prompts[:1]
+        c.sample.settings["num_steps"] = 3
+    elif arg:
+        raise ValueError(f"configs/demo.py: unknown variant {arg!r}; use quick or tiny")
+    return c

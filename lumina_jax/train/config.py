@@ -1,0 +1,202 @@
+"""Experiment configs: ml_collections Python files, command-line overrides, validation.
+
+`load_config("configs/x.py:arg", ["--config.optim.lr=2e-4", ...])` imports the file,
+calls `get_config(arg)`, applies each override (type-checked against the existing value;
+an unknown key is an error) and returns a locked ConfigDict. `build(config)` turns it
+into the typed objects the trainer uses, so every mistake surfaces before any compute.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from lumina_jax.diffusion.loss import LossConfig, TaskSpec
+from lumina_jax.model import ModelConfig, get_preset
+from lumina_jax.parallel import RULE_PRESETS
+from lumina_jax.train.state import OptimConfig
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    path, _, arg = spec.partition(":")
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location(f"lumina_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path}: a config file must define get_config(arg=None)")
+    config = module.get_config(arg or None)
+    for item in overrides:
+        apply_override(config, item)
+    config.lock()
+    return config
+
+
+def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
+    """Apply `--config.a.b=value` (or `a.b=value`); lists are indexed by number."""
+    key, sep, raw = item.removeprefix("--").removeprefix("config.").partition("=")
+    if not sep:
+        raise ConfigError(f"override {item!r} must look like --config.a.b=value")
+    *parents, leaf = key.split(".")
+    node: Any = config
+    for part in parents:
+        node = _child(node, part, key)
+    old = _child(node, leaf, key)
+    value = _parse(raw, old, key)
+    if isinstance(node, list):
+        node[int(leaf)] = value
+    else:
+        node[leaf] = value
+
+
+def _child(node, part, key):
+    try:
+        if isinstance(node, (list, tuple)):
+            return node[int(part)]
+        if part not in node:
+            raise KeyError(part)
+        return node[part]
+    except (KeyError, ValueError, IndexError, TypeError):
+        raise ConfigError(f"unknown config key {key!r} (no {part!r} there); see the config "
+                          "file for the available fields") from None
+
+
+def _parse(raw: str, old: Any, key: str) -> Any:
+    if isinstance(old, str):
+        return raw
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    if old is None or isinstance(value, type(old)) or (isinstance(old, float)
+                                                       and isinstance(value, int)):
+        return float(value) if isinstance(old, float) else value
+    if isinstance(old, (tuple, list)) and isinstance(value, (tuple, list)):
+        return type(old)(value)
+    if isinstance(old, ml_collections.ConfigDict) and isinstance(value, dict):
+        return ml_collections.ConfigDict(value)
+    raise ConfigError(f"--config.{key}={raw!r}: expected a {type(old).__name__} "
+                      f"like the current value {old!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageTask:
+    name: str
+    spec: TaskSpec          # media, patch size, time shift (loss side)
+    data: dict              # data_pipelines Task fields (sources, resolution, fps, ...)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    steps: int
+    tasks: tuple[StageTask, ...]
+    lr: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    model: ModelConfig
+    optim: OptimConfig
+    loss: LossConfig
+    stages: tuple[Stage, ...]
+    config: ml_collections.ConfigDict
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def stage_at(self, step: int) -> tuple[int, int]:
+        """(stage index, first step of that stage) for a global step."""
+        start = 0
+        for i, stage in enumerate(self.stages):
+            if step < start + stage.steps:
+                return i, start
+            start += stage.steps
+        return len(self.stages) - 1, start - self.stages[-1].steps
+
+
+def _dataclass(cls, fields: dict, where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(fields) - names
+    if unknown:
+        raise ConfigError(f"config.{where}: unknown field(s) {sorted(unknown)}; allowed: "
+                          f"{sorted(names)}")
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.{where}: {e}") from None
+
+
+def _resolve_source(source: dict, data_dir: str, where: str, check: bool) -> dict:
+    """Fill `{data_dir}` into a source path and check that the path exists."""
+    path = str(source.get("path", "")).format(data_dir=data_dir)
+    if check and (not path or not pathlib.Path(path).exists()):
+        raise ConfigError(f"config.{where}.path: {path!r} does not exist (data_dir="
+                          f"{data_dir!r}); prepare the data first, e.g. `lumina-jax prepare "
+                          f"--demo --output {data_dir or 'DIR'}`, or set --config.data_dir")
+    return {**source, "path": path}
+
+
+def build(config: ml_collections.ConfigDict, check_data: bool = True) -> Experiment:
+    """Validate the whole config and build typed objects (no JAX computation).
+
+    `check_data=False` skips the data paths (for planning a run on another machine).
+    """
+    c = config.to_dict()
+    required = ("model", "optim", "loss", "stages", "mesh", "rules")
+    missing = [k for k in required if k not in c]
+    if missing:
+        raise ConfigError(f"config is missing {missing}")
+    model_fields = {k: v for k, v in c["model"].items() if v is not None}
+    preset = model_fields.pop("preset", None)
+    if preset is None:
+        raise ConfigError("config.model.preset is required (e.g. 'demo', '2B_GQA')")
+    try:
+        model = get_preset(preset, **model_fields)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.model: {e}") from None
+    optim = _dataclass(OptimConfig, c["optim"], "optim")
+    loss = _dataclass(LossConfig, c["loss"], "loss")
+    if isinstance(c["rules"], str) and c["rules"] not in RULE_PRESETS:
+        raise ConfigError(f"config.rules={c['rules']!r}; choose one of {sorted(RULE_PRESETS)}")
+    stages = []
+    for i, s in enumerate(c["stages"]):
+        where = f"stages[{i}]"
+        if not s.get("tasks"):
+            raise ConfigError(f"config.{where} has no tasks")
+        if int(s.get("steps", 0)) <= 0:
+            raise ConfigError(f"config.{where}.steps must be > 0")
+        tasks = []
+        for name, t in s["tasks"].items():
+            t = dict(t)
+            data = dict(t.pop("data", {}))
+            spec = _dataclass(TaskSpec, t, f"{where}.tasks.{name}")
+            if tuple(spec.patch_size) not in model.patch_sizes:
+                raise ConfigError(f"config.{where}.tasks.{name}.patch_size={spec.patch_size} is "
+                                  f"not in model.patch_sizes {model.patch_sizes}")
+            if not data.get("sources"):
+                raise ConfigError(f"config.{where}.tasks.{name}.data.sources is empty")
+            data["sources"] = {src: _resolve_source(dict(v), c.get("data_dir", ""),
+                                                    f"{where}.tasks.{name}.data.sources.{src}",
+                                                    check_data)
+                               for src, v in data["sources"].items()}
+            data["media"] = spec.media
+            tasks.append(StageTask(name, spec, data))
+        stages.append(Stage(s.get("name", f"stage{i + 1}"), int(s["steps"]), tuple(tasks),
+                            s.get("lr")))
+    if not stages:
+        raise ConfigError("config.stages is empty")
+    return Experiment(model, optim, loss, tuple(stages), config)

@@ -1,0 +1,289 @@
+"""The training loop: curriculum stages, exact resume, preemption, metrics, samples.
+
+Read top to bottom: build the experiment from the config (all validation first), make
+the mesh and the sharded state (or restore the newest good checkpoint), then run steps.
+The stage is a function of the step, so a resume lands in the right stage with its data
+streams restored to the exact next batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from lumina_jax.model import ModelConfig
+from lumina_jax.parallel import get_rules, make_mesh
+from lumina_jax.parallel.distributed import maybe_initialize
+from lumina_jax.train import samples as sampling
+from lumina_jax.train.checkpoint import Checkpointer, DataStreams, abstract_state
+from lumina_jax.train.config import Experiment, build
+from lumina_jax.train.metrics import MetricWriter, device_peak_flops
+from lumina_jax.train.state import OptimConfig, init_state, make_optimizer, state_shardings
+from lumina_jax.train.step import TrainStep, global_batch
+
+
+class Preemption:
+    """SIGTERM (preemption notice) asks the loop to save and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+
+def make_streams(exp: Experiment, stage_index: int) -> DataStreams:
+    """One resumable, per-host-sharded iterator per task of the stage."""
+    from data_pipelines import make_iterator, task_from_dict
+
+    iterators = {}
+    for task in exp.stages[stage_index].tasks:
+        data = dict(task.data)
+        global_bs = int(data.pop("batch_size"))
+        if global_bs % jax.process_count():
+            raise ValueError(f"stage {stage_index} task {task.name}: batch_size {global_bs} is "
+                             f"not divisible by {jax.process_count()} processes")
+        data.setdefault("seed", int(exp.config.seed) + 1000 * stage_index)
+        iterators[task.name] = make_iterator(
+            task_from_dict({**data, "batch_size": global_bs // jax.process_count()}))
+    return DataStreams(iterators)
+
+
+def sample_spec(config: ml_collections.ConfigDict) -> sampling.SampleSpec | None:
+    if not config.sample.prompts:
+        return None
+    fields = config.sample.to_dict()
+    fields.pop("every", None)
+    fields["prompts"] = tuple(fields["prompts"])
+    return sampling.SampleSpec(**fields)
+
+
+class Window:
+    """Metrics accumulated between two log lines (device values fetched only at log time)."""
+
+    def __init__(self):
+        self.metrics, self.data_wait, self.start = [], 0.0, time.perf_counter()
+
+    def summary(self, step_flops: float, tokens: int, peak: float) -> dict:
+        metrics = jax.device_get(self.metrics)
+        n, seconds = len(metrics), time.perf_counter() - self.start
+        out = {"loss": float(np.mean([m["loss"] for m in metrics])),
+               "grad_norm": float(np.mean([m["grad_norm"] for m in metrics])),
+               "lr": float(metrics[-1]["lr"]),
+               "nonfinite_steps": int(sum(not m["finite"] for m in metrics)),
+               "step_time_s": seconds / n,
+               "tokens_per_s": tokens * n / seconds,
+               "data_wait_frac": self.data_wait / seconds,
+               "mfu": step_flops * n / seconds / (peak * jax.device_count())}
+        for name in metrics[0]["tasks"]:
+            task = [m["tasks"][name] for m in metrics]
+            out[f"loss/{name}"] = float(np.mean([t["loss"] for t in task]))
+            sums = np.sum([t["loss_by_t_sum"] for t in task], axis=0)
+            counts = np.sum([t["loss_by_t_count"] for t in task], axis=0)
+            for b, (s, c) in enumerate(zip(sums, counts)):
+                if c:
+                    out[f"loss_t{b}/{name}"] = float(s / c)
+        return out
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    exp = build(config)  # every config error surfaces here, before any compute
+    maybe_initialize()
+    lead = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    if lead:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=1))
+
+    mesh = make_mesh(dict(config.mesh), dict(config.dcn) or None)
+    rules = get_rules(config.rules if isinstance(config.rules, str) else config.rules.to_dict())
+    tx, stage_lrs = optimizer(exp)
+    init = lambda: init_state(exp.model, tx, int(config.seed))
+    abstract = jax.eval_shape(init)
+    shardings = state_shardings(abstract, mesh, rules)
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.keep,
+                        config.checkpoint.every, config.checkpoint.async_save)
+    restored = ckpt.restore_latest(
+        abstract_state(abstract, shardings),
+        lambda meta: make_streams(exp, meta["stage"]) if meta["stage"] >= 0 else None)
+    if restored:
+        step, state, meta, streams = restored
+        streams_stage = meta["stage"] if streams is not None else -1
+        print(f"resumed from step {step} in {workdir}", flush=True)
+    else:
+        step, streams, streams_stage = 0, None, -1
+        state = jax.jit(init, out_shardings=shardings)()
+
+    preemption = Preemption()
+    writer = MetricWriter(workdir)
+    peak = device_peak_flops(config.peak_flops_per_device)
+    spec = sample_spec(config)
+    key = jax.random.key(int(config.seed))
+    profile = [int(s) for s in config.profile_steps.split(",")] if config.profile_steps else []
+    last = {}
+    bar = tqdm(total=exp.total_steps, initial=step, disable=not lead, unit="step",
+               dynamic_ncols=True)
+
+    def save(force=False):
+        ckpt.save(step, state, streams, {"step": step, "stage": streams_stage}, force=force)
+
+    while step < exp.total_steps:
+        stage_index, start = exp.stage_at(step)
+        stage = exp.stages[stage_index]
+        if streams_stage != stage_index:
+            streams, streams_stage = make_streams(exp, stage_index), stage_index
+        tasks = {t.name: t.spec for t in stage.tasks}
+        train_step = TrainStep(exp.model, exp.optim, exp.loss, tasks, mesh, rules, shardings,
+                               stage_lrs)
+        if lead:
+            bar.write(f"stage {stage_index + 1}/{len(exp.stages)} '{stage.name}': steps "
+                      f"{start}..{start + stage.steps}, tasks {sorted(tasks)}")
+        window, step_flops, tokens = Window(), 0.0, 0
+        while step < start + stage.steps:
+            t0 = time.perf_counter()
+            local = {name: next(it) for name, it in streams.iterators.items()}
+            data_wait = time.perf_counter() - t0
+            batches = {name: global_batch(b, mesh, rules) for name, b in local.items()}
+            if train_step.compiled is None:
+                train_step.compile(state, batches, key)
+                step_flops = train_step.model_flops(batches)
+                tokens = _tokens(batches, tasks)
+                if lead:
+                    bar.write(train_step.report(batches))
+                window = Window()
+            if step in profile[:1]:
+                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+            state, metrics = train_step(state, batches, key)
+            step += 1
+            if step in profile[1:2]:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
+            window.metrics.append(metrics)
+            window.data_wait += data_wait
+            bar.update(1)
+            if step % config.log_every == 0 or step == start + stage.steps:
+                last = window.summary(step_flops, tokens, peak)
+                last["skipped_clips"] = int(sum(b.get("num_skipped", 0) for b in local.values()))
+                last["skipped_steps"] = int(state["skipped_steps"])
+                last["stage"] = stage_index
+                writer.scalars(step, last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
+                window = Window()
+            save()
+            if spec and config.sample.every and step % config.sample.every == 0:
+                _write_samples(exp, state, spec, workdir, step, writer)
+            if preemption.requested:
+                save(force=True)
+                ckpt.close()
+                if lead:
+                    bar.write(f"SIGTERM: saved step {step}; exiting")
+                return last
+    save(force=True)
+    ckpt.close()
+    bar.close()
+    if spec:
+        _write_samples(exp, state, spec, workdir, step, writer)
+    writer.close()
+    return last
+
+
+def optimizer(exp: Experiment):
+    """(optax transform, stage_lrs): one optimiser for the run, lr set per stage."""
+    starts = np.cumsum([0] + [s.steps for s in exp.stages])[:-1].tolist()
+    stage_lrs = tuple((start, s.lr or exp.optim.lr) for start, s in zip(starts, exp.stages))
+    return make_optimizer(exp.optim, stage_lrs), stage_lrs
+
+
+def load_run(workdir: str, step: int | None = None):
+    """(experiment, state) restored from a training workdir (latest or given step)."""
+    config = ml_collections.ConfigDict(json.loads(
+        open(os.path.join(workdir, "config.json")).read()))
+    exp = build(config, check_data=False)
+    tx, _ = optimizer(exp)
+    abstract = jax.eval_shape(lambda: init_state(exp.model, tx, int(config.seed)))
+    shardings = state_shardings(abstract, make_mesh({"data": -1}), get_rules("dp"))
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=None, every=1)
+    restored = ckpt.restore_latest(abstract_state(abstract, shardings), lambda meta: None,
+                                   only_step=step)
+    ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"no restorable checkpoint{'' if step is None else f' {step}'} "
+                                f"in {workdir}/checkpoints")
+    return exp, restored[1]
+
+
+def import_weights(config: ml_collections.ConfigDict, weights: str, workdir: str) -> str:
+    """Write step 0 of a run whose params and EMA are the given PyTorch weights."""
+    from lumina_jax.export import import_params
+
+    exp = build(config, check_data=False)
+    tx, _ = optimizer(exp)
+    params = import_params(weights, exp.model)
+    state = jax.jit(lambda p: {**init_state(exp.model, tx, int(config.seed)), "params": p,
+                               "opt_state": tx.init(p), "ema": jax.tree.map(jnp.copy, p)})(params)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=1))
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=None, every=1)
+    ckpt.save(0, state, None, {"step": 0, "stage": -1}, force=True)
+    ckpt.close()
+    return os.path.join(workdir, "checkpoints", "0")
+
+
+def _tokens(batches, tasks) -> int:
+    total = 0
+    for name, b in batches.items():
+        p, pf = tasks[name].patch_size
+        n, _, f, h, w = b["latents"].shape
+        total += n * -(-f // pf) * (h // p) * (w // p)
+    return total
+
+
+def _write_samples(exp: Experiment, state, spec, workdir: str, step: int, writer) -> None:
+    """Samples with the EMA weights; single-process runs only (arrays must be addressable)."""
+    if jax.process_count() > 1:
+        return
+    latents = sampling.generate(exp.model, state["ema"], spec, progress=False)
+    frames = sampling.to_frames(latents)
+    paths = sampling.write_samples(frames, spec.prompts, os.path.join(workdir, "samples"),
+                                   spec.fps, prefix=f"step{step:07d}_")
+    writer.scalars(step, {"samples": json.dumps(paths)})
+    writer.videos(step, frames)
+    print(f"samples at step {step}: {paths[0]} ... ({len(paths)} clips)", flush=True)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Fields every experiment config has; `configs/*.py` start from this."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data_dir = ""  # substituted for "{data_dir}" in data source paths
+    # A preset plus per-field overrides; None keeps the preset's value.
+    c.model = ml_collections.ConfigDict(
+        {"preset": "demo", **{f.name: None for f in dataclasses.fields(ModelConfig)}})
+    c.optim = ml_collections.ConfigDict(dataclasses.asdict(OptimConfig()))
+    c.loss = ml_collections.ConfigDict({"vd_weight": 1.0, "time_sampling": "uniform",
+                                        "logit_mean": 0.0, "logit_std": 1.0, "n_t_bins": 10})
+    c.stages = []
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "sequence": 1})
+    c.dcn = ml_collections.ConfigDict()
+    c.rules = "fsdp"
+    c.checkpoint = ml_collections.ConfigDict({"every": 100, "keep": 3, "async_save": True})
+    c.log_every = 10
+    c.peak_flops_per_device = 0.0
+    c.profile_steps = ""
+    c.sample = ml_collections.ConfigDict({
+        "every": 0, "prompts": [], "frames": 8, "height": 32, "width": 32, "seed": 0, "fps": 8.0,
+        "caption_encoder": "minilm", "system_prompt": "", "negative_prompt": "",
+        "settings": {}, "preset": ""})
+    return c

@@ -1,0 +1,76 @@
+"""Metric sinks (JSONL + TensorBoard) and the per-device peak FLOP/s used for MFU."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
+PEAK_FLOPS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
+}
+
+
+def measured_matmul_flops(n: int = 1024, repeats: int = 5, dtype=jnp.float32) -> float:
+    """FLOP/s of a large matmul on the default device (the CPU's practical peak)."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def device_peak_flops(override: float = 0.0) -> float:
+    """Peak FLOP/s of one local device: the config's value, the data sheet, or measured."""
+    if override > 0:
+        return override
+    kind = jax.local_devices()[0].device_kind
+    for name, peak in PEAK_FLOPS.items():
+        if kind.startswith(name):
+            return peak
+    return measured_matmul_flops()
+
+
+class MetricWriter:
+    """Scalars to `<workdir>/metrics.jsonl` and TensorBoard event files (process 0 only)."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        self.jsonl = self.tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def scalars(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        for k, v in values.items():
+            if isinstance(v, (int, float)):
+                self.tb.add_scalar(k, v, step)
+
+    def videos(self, step: int, frames: np.ndarray, tag: str = "samples") -> None:
+        """Clips `[N, F, H, W, 3]` uint8 as one image per clip (frames side by side)."""
+        if not self.enabled:
+            return
+        for i, clip in enumerate(frames):
+            self.tb.add_image(f"{tag}/{i}", np.concatenate(list(clip), axis=1), step,
+                              dataformats="HWC")
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()

@@ -1,0 +1,182 @@
+"""The trainer end to end: curriculum stages, exact resume after SIGKILL, SIGTERM,
+corrupt checkpoints, config validation. Runs `lumina-jax train` in subprocesses on the
+prepared demo data with the tiny three-stage curriculum of configs/demo.py:tiny."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lumina_jax.train.config import ConfigError, build, load_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "demo.py")
+TOTAL_STEPS = 10  # 3 + 4 + 3 in configs/demo.py:tiny
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    from data_pipelines import demo
+
+    folder = tmp_path_factory.mktemp("demo_data")
+    demo.prepare_demo(str(folder), frames=8)
+    return folder
+
+
+def train_cmd(workdir, demo_data, *overrides):
+    return [sys.executable, "-m", "lumina_jax.cli", "train", "--config", CONFIG + ":tiny",
+            "--workdir", str(workdir), f"--config.data_dir={demo_data}", *overrides]
+
+
+def run(workdir, demo_data, *overrides):
+    proc = subprocess.run(train_cmd(workdir, demo_data, *overrides), capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def per_step(workdir):
+    """The last logged record of every step (a resumed run re-logs steps it redid)."""
+    records = {}
+    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            records[rec["step"]] = rec
+    return records
+
+
+def start_and_signal(workdir, demo_data, sig, after_step):
+    """Start training, send `sig` once `after_step` steps are logged; return the process."""
+    proc = subprocess.Popen(train_cmd(workdir, demo_data), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    deadline = time.time() + 300
+    metrics = pathlib.Path(workdir) / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= after_step:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None or sig != signal.SIGKILL, "run ended before the signal"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_data, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    out = run(workdir, demo_data)
+    return workdir, out
+
+
+def test_stages_switch_shapes_and_tasks_at_the_right_steps(uninterrupted):
+    workdir, out = uninterrupted
+    records = per_step(workdir)
+    assert sorted(records) == list(range(1, TOTAL_STEPS + 1))
+    tasks = {s: sorted(k[5:] for k in r if k.startswith("loss/")) for s, r in records.items()}
+    assert all(tasks[s] == ["image_1x2"] and records[s]["stage"] == 0 for s in (1, 2, 3))
+    assert all(tasks[s] == ["video_2x4"] and records[s]["stage"] == 1 for s in (4, 5, 6, 7))
+    assert all(tasks[s] == ["image_1x2", "video_2x2", "video_2x4"] for s in (8, 9, 10))
+    assert out.count("compiled step, per device") == 3  # one compile per stage
+    assert "stage 3/3 'joint': steps 7..10" in out
+    assert all(r["skipped_steps"] == 0 and r["mfu"] > 0 for r in records.values())
+    # samples were written with the EMA weights at the end
+    assert list((workdir / "samples").glob("step0000010_*.mp4"))
+    assert (workdir / "config.json").exists() and list((workdir / "tensorboard").iterdir())
+
+
+def test_sigkill_then_resume_reproduces_the_uninterrupted_losses_bitwise(
+        uninterrupted, demo_data, tmp_path):
+    reference = per_step(uninterrupted[0])
+    proc = start_and_signal(tmp_path, demo_data, signal.SIGKILL, after_step=5)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    partial = per_step(tmp_path)
+    assert len(partial) < TOTAL_STEPS
+    out = run(tmp_path, demo_data)
+    resumed_from = int(out.split("resumed from step ")[1].split()[0])
+    assert 2 <= resumed_from < TOTAL_STEPS  # it really resumed mid-way (stage 2)
+    resumed = per_step(tmp_path)
+    assert sorted(resumed) == sorted(reference)
+    for step in reference:
+        for key in ("loss", "grad_norm", "lr"):
+            assert resumed[step][key] == reference[step][key], (step, key)
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resume_finishes(demo_data, tmp_path):
+    proc = start_and_signal(tmp_path, demo_data, signal.SIGTERM, after_step=2)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    saved = int(out.split("SIGTERM: saved step ")[1].split(";")[0])
+    assert saved < TOTAL_STEPS and (tmp_path / "checkpoints" / str(saved)).is_dir()
+    out = run(tmp_path, demo_data)
+    assert f"resumed from step {saved}" in out
+    assert max(per_step(tmp_path)) == TOTAL_STEPS
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(uninterrupted, demo_data, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], workdir)
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == TOTAL_STEPS and len(steps) >= 2
+    latest = workdir / "checkpoints" / str(steps[-1]) / "state"
+    for f in latest.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "ocdbt" in str(f):
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncate
+    out = run(workdir, demo_data, "--config.stages.2.steps=4")
+    assert f"checkpoint {steps[-1]} failed to restore" in out
+    assert f"resumed from step {steps[-2]}" in out
+    assert max(per_step(workdir)) == TOTAL_STEPS + 1
+
+
+def test_bad_configs_are_rejected_before_any_compute(demo_data):
+    with pytest.raises(ConfigError, match="unknown config key 'optim.learning_rate'"):
+        load_config(CONFIG + ":tiny", ["--config.optim.learning_rate=1e-3"])
+    with pytest.raises(ConfigError, match="expected a float"):
+        load_config(CONFIG + ":tiny", ["--config.optim.lr=fast"])
+    config = load_config(CONFIG + ":tiny", ["--config.stages.1.tasks.video_2x4.patch_size=(8, 2)",
+                                            f"--config.data_dir={demo_data}"])
+    with pytest.raises(ConfigError, match=r"patch size \(8, 2\) -> \(p, pF\)=\(8, 2\) is not one of"):
+        build(config)
+    with pytest.raises(ConfigError, match="does not exist"):
+        build(load_config(CONFIG + ":tiny", ["--config.data_dir=/nonexistent"]))
+    with pytest.raises(ConfigError, match="config.model: ModelConfig.n_kv_heads"):
+        build(load_config(CONFIG + ":tiny", ["--config.model.n_kv_heads=3",
+                                             f"--config.data_dir={demo_data}"]))
+    # the CLI reports it without starting to train
+    proc = subprocess.run([sys.executable, "-m", "lumina_jax.cli", "train", "--config",
+                           CONFIG + ":tiny", "--workdir", "/tmp/never",
+                           "--config.optim.betas=1"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode != 0 and "unknown config key 'optim.betas'" in proc.stderr
+    assert not os.path.exists("/tmp/never")
+
+
+def test_export_import_and_sample_commands_work_on_a_run(uninterrupted, demo_data, tmp_path):
+    import numpy as np
+    import jax
+
+    from lumina_jax.cli import main
+    from lumina_jax.train.loop import load_run
+
+    workdir = uninterrupted[0]
+    assert main(["export", "--checkpoint", str(workdir), "--out", str(tmp_path / "torch")]) == 0
+    for name in ("consolidated.00-of-01.safetensors", "consolidated_ema.00-of-01.safetensors",
+                 "model_args.json"):
+        assert (tmp_path / "torch" / name).exists()
+    assert main(["import", "--weights", str(tmp_path / "torch" / "consolidated.00-of-01.safetensors"),
+                 "--config", CONFIG + ":tiny", "--workdir", str(tmp_path / "imported"),
+                 f"--config.data_dir={demo_data}"]) == 0
+    _, original = load_run(str(workdir))
+    _, imported = load_run(str(tmp_path / "imported"))
+    assert int(imported["step"]) == 0
+    same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+                        original["params"], imported["params"])
+    assert all(jax.tree.leaves(same))
+    assert main(["sample", "--checkpoint", str(workdir), "--prompt", "a red square moving left",
+                 "--num-steps", "2", "--out", str(tmp_path / "samples")]) == 0
+    assert [p.suffix for p in sorted((tmp_path / "samples").iterdir())] == [".gif", ".mp4"]
