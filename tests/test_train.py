@@ -34,9 +34,9 @@ def train_cmd(workdir, demo_data, *overrides):
             "--workdir", str(workdir), f"--config.data_dir={demo_data}", *overrides]
 
 
-def run(workdir, demo_data, *overrides):
+def run(workdir, demo_data, *overrides, env=None):
     proc = subprocess.run(train_cmd(workdir, demo_data, *overrides), capture_output=True,
-                          text=True, timeout=600, cwd=ROOT)
+                          text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -131,6 +131,18 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(uninterrupted, dem
     assert f"checkpoint {steps[-1]} failed to restore" in out
     assert f"resumed from step {steps[-2]}" in out
     assert max(per_step(workdir)) == TOTAL_STEPS + 1
+
+
+def test_resume_onto_a_different_mesh_and_device_count(uninterrupted, demo_data, tmp_path):
+    """Trained on one device with replicated params; resumed on 4 devices with FSDP."""
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], workdir)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    out = run(workdir, demo_data, "--config.stages.2.steps=4", "--config.mesh.data=1",
+              "--config.mesh.fsdp=-1", "--config.rules=fsdp", env=env)
+    assert f"resumed from step {TOTAL_STEPS}" in out
+    records = per_step(workdir)
+    assert max(records) == TOTAL_STEPS + 1 and records[TOTAL_STEPS + 1]["loss"] > 0
 
 
 def test_bad_configs_are_rejected_before_any_compute(demo_data):
