@@ -1,7 +1,9 @@
 """The published Lumina-Video 2B recipe: four progressive stages (REFERENCE.md §3).
 
-    lumina-jax train --config configs/lumina_video_2b.py --workdir gs://bucket/run \
+    lumina-jax train --config configs/lumina_video_2b.py --workdir /mnt/shared/runs/2b \
         --config.data_dir=/data/lumina --config.mesh.fsdp=-1
+
+The workdir must be a file system path every host sees (a shared mount on multi-host).
 
 (1) images 256px; (2) + video 256px 8 fps; (3) 512px 16 fps; (4) 960px 24 fps. Clips are
 at most 4 s; video tasks train at three patch sizes (1x2, 2x2, 2x4) with scale-aware

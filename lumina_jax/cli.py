@@ -183,8 +183,14 @@ def _register_prepare(subparsers) -> None:
     register(subparsers)
 
 
+def _register_sweep(subparsers) -> None:
+    from lumina_jax.sweep import register
+
+    register(subparsers)
+
+
 REGISTRARS = [_register_info, _register_prepare, _register_train, _register_sample,
-              _register_export, _register_import]
+              _register_export, _register_import, _register_sweep]
 
 
 def main(argv: list[str] | None = None) -> int:
