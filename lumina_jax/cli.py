@@ -189,8 +189,14 @@ def _register_sweep(subparsers) -> None:
     register(subparsers)
 
 
+def _register_plan(subparsers) -> None:
+    from lumina_jax.train.plan import register
+
+    register(subparsers)
+
+
 REGISTRARS = [_register_info, _register_prepare, _register_train, _register_sample,
-              _register_export, _register_import, _register_sweep]
+              _register_export, _register_import, _register_sweep, _register_plan]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,392 @@
+"""`lumina-jax plan`: per-device memory and FLOPs of a config's train step on a mesh.
+
+    lumina-jax plan --config configs/lumina_video_2b.py --mesh fsdp=256 --accelerator v5p
+
+For every curriculum stage, every task at its largest bucket (largest-area resolution
+bucket, `max_frames`; the task's latent encoder's factors, e.g. CogVideoX: latent frames
+`1 + (F-1)/4` rounded up to the temporal patch, 1/8 the pixel size; Gemma captions of `caption_len` tokens) and the
+global batch of the config. Two methods:
+
+  * `compiled`: the real jitted train step lowered and compiled for N fake CPU devices
+    (`--xla_force_host_platform_device_count=N`, in a subprocess) with the config's
+    remat and dtypes; `compiled.memory_analysis()` gives arguments / temporaries per
+    device. (Attention lowers to the chunked XLA path on CPU, linear in memory like the
+    flash kernels used on GPU/TPU.)
+  * `analytic`: `jax.eval_shape` of the sharded state (exact params / optimiser / EMA
+    bytes per device) plus an activation estimate for the remat policy. Used for the
+    smallest-mesh search, and where compiling is too big or fails.
+
+Params/optimiser/EMA come from the state's shard shapes in both methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+
+GIB = 2**30
+ACCELERATORS = {"v5e": 16 * GIB, "h100": 80 * GIB, "v5p": 95 * GIB}
+ACCELERATOR_NAMES = {"v5e": "TPU v5e", "h100": "H100", "v5p": "TPU v5p"}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class PlanError(ValueError):
+    pass
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plan", help="per-device memory (params, optimiser, EMA, activations) and step FLOPs "
+                     "of every curriculum stage on a mesh; which accelerators it fits")
+    p.add_argument("--config", required=True, help="configs/x.py or configs/x.py:arg")
+    p.add_argument("--mesh", default="", help="e.g. fsdp=256 or data=2,fsdp=128 "
+                                              "(default: the config's mesh)")
+    p.add_argument("--devices", type=int, default=0,
+                   help="number of devices (default: the product of the mesh sizes)")
+    p.add_argument("--accelerator", choices=sorted(ACCELERATORS), default=None,
+                   help="report fit and smallest mesh for this one (default: all three)")
+    p.add_argument("--stage", type=int, default=0, help="1-based stage; 0 = all stages")
+    p.add_argument("--method", choices=("compiled", "analytic"), default="compiled")
+    p.add_argument("--timeout", type=int, default=480, help="seconds per compile")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=run, accepts_overrides=True)
+
+
+# ------------------------------------------------------------------ shapes and arithmetic
+
+def parse_mesh(spec: str) -> dict[str, int]:
+    sizes = {}
+    for item in filter(None, spec.split(",")):
+        name, sep, value = item.partition("=")
+        try:
+            sizes[name.strip()] = int(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise PlanError(f"--mesh item {item!r} must look like axis=size, e.g. fsdp=256")
+    return sizes
+
+
+def resolve_mesh(sizes: dict[str, int], devices: int) -> tuple[dict[str, int], int]:
+    from lumina_jax.parallel.mesh import resolve_axis_sizes
+
+    if devices <= 0:
+        if any(s == -1 for s in sizes.values()):
+            raise PlanError(f"mesh {sizes} has a -1 axis: give --devices N or fixed sizes")
+        devices = math.prod(sizes.values()) if sizes else 1
+    try:
+        return resolve_axis_sizes(sizes, devices, "--mesh"), devices
+    except ValueError as e:
+        raise PlanError(str(e)) from None
+
+
+def largest_bucket(data: dict, patch_size) -> tuple[int, int, int]:
+    """(latent frames, latent height, latent width) of a task's largest bucket."""
+    from data_pipelines.encoders import LATENT_ENCODERS
+
+    enc = LATENT_ENCODERS[data.get("latent_encoder", "identity")]
+    p, pf = patch_size
+    h, w = largest_pixels(data)
+    frames = int(data.get("max_frames", 1))
+    if data["media"] == "image" or frames <= 1:
+        lat_f = 1
+    else:
+        lat_f = 1 + (frames - 1) // enc.temporal
+        lat_f = -(-lat_f // pf) * pf  # the step needs a multiple of pF (pad, upper bound)
+    return lat_f, h // enc.spatial, w // enc.spatial
+
+
+def largest_pixels(data: dict) -> tuple[int, int]:
+    from data_pipelines.buckets import resolution_buckets
+
+    buckets = resolution_buckets(int(data["resolution"]), int(data.get("multiple", 32)),
+                                 float(data.get("max_aspect", 4.0)))
+    return max(buckets, key=lambda hw: (hw[0] * hw[1], hw[1]))
+
+
+def stage_tasks(exp, stage_index: int, channels: int) -> dict:
+    """{task: {batch, latents (C,F,H,W), cap_len, patch, tokens}} at the largest bucket."""
+    out = {}
+    for task in exp.stages[stage_index].tasks:
+        p, pf = task.spec.patch_size
+        f, h, w = largest_bucket(task.data, (p, pf))
+        tokens = -(-f // pf) * (h // p) * (w // p)
+        out[task.name] = {"batch": int(task.data["batch_size"]), "latents": (channels, f, h, w),
+                          "cap_len": int(task.data.get("caption_len", 256)),
+                          "patch": (p, pf), "tokens": tokens,
+                          "pixels": (int(task.data.get("max_frames", 1)),
+                                     *largest_pixels(task.data))}
+    return out
+
+
+def state_bytes_per_device(model_cfg, optim_cfg, mesh_sizes: dict[str, int], rules) -> dict:
+    """Exact per-device bytes of params / optimiser / EMA from the state's shard shapes
+    (abstract: nothing is allocated; uses an abstract mesh, no devices needed)."""
+    import warnings
+
+    import jax
+    from flax import nnx
+    from jax.sharding import AbstractMesh, AxisType
+
+    from lumina_jax.parallel.mesh import MESH_AXES
+    from lumina_jax.parallel.rules import logical_to_spec
+    from lumina_jax.train.state import init_state, make_optimizer
+
+    mesh = AbstractMesh(tuple(mesh_sizes[a] for a in MESH_AXES), MESH_AXES,
+                        axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    abstract = jax.eval_shape(lambda: init_state(model_cfg, make_optimizer(optim_cfg), 0))
+
+    def nbytes(tree):
+        warnings.simplefilter("ignore")  # indivisible dims stay replicated (counted so)
+        total = 0
+        for var in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+            if isinstance(var, nnx.Variable):
+                axes = var.get_metadata().get("out_sharding") or (None,) * var.value.ndim
+                value = var.value
+            else:
+                axes, value = (None,) * var.ndim, var
+            spec = logical_to_spec(axes, value.shape, rules, mesh, where="plan")
+            shard = [d // math.prod(mesh_sizes[a] for a in ((s,) if isinstance(s, str) else s))
+                     if s else d for d, s in zip(value.shape, tuple(spec) + (None,) * 8)]
+            total += math.prod(shard) * value.dtype.itemsize
+        return total
+
+    return {"params": nbytes(abstract["params"]), "optimizer": nbytes(abstract["opt_state"]),
+            "ema": nbytes(abstract["ema"])}
+
+
+def activation_estimate(model_cfg, tasks: dict, n_batch_shards: int) -> int:
+    """Rough per-device activation bytes of the summed multi-task step.
+
+    remat != none: every layer keeps its input [b, N, dim] for every task, plus one
+    layer's recomputed forward/backward working set for the largest task. remat none:
+    every layer keeps ~(12 dim + 3 ffn) values per token. Attention is flash/chunked
+    (linear in N). Gradients (fp32, sharded like params) are counted by the caller.
+    """
+    c = model_cfg
+    act = DTYPE_BYTES[c.dtype]
+    per_token_layer = (12 * c.dim + 3 * c.ffn_dim) * act
+    kept, working = 0, 0
+    for t in tasks.values():
+        b = max(1, t["batch"] // n_batch_shards)
+        n = t["tokens"]
+        if c.remat == "none":
+            kept += c.n_layers * b * n * per_token_layer
+        else:
+            kept += c.n_layers * b * n * c.dim * act
+            working = max(working, 2 * b * n * per_token_layer)
+        # embedder input/output, final layer, loss in fp32 (latent-sized, several copies)
+        kept += 6 * b * math.prod(t["latents"]) * 4
+    return kept + working
+
+
+def smallest_fitting(estimate, capacity: float, candidates) -> int | None:
+    """The first candidate device count whose estimated bytes/device fit `capacity`."""
+    for n in candidates:
+        if estimate(n) <= capacity:
+            return n
+    return None
+
+
+# ------------------------------------------------------------------ the two methods
+
+def analytic_stage(exp, stage_index: int, mesh_sizes: dict[str, int], rules) -> dict:
+    from lumina_jax.model.flops import train_step_flops
+
+    tasks = stage_tasks(exp, stage_index, exp.model.in_channels)
+    state = state_bytes_per_device(exp.model, exp.optim, mesh_sizes, rules)
+    n_dev = math.prod(mesh_sizes.values())
+    batch_axes = rules.get("act_batch") or ()
+    batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
+    shards = math.prod(mesh_sizes[a] for a in batch_axes)
+    acts = activation_estimate(exp.model, tasks, shards)
+    flops = sum(train_step_flops(exp.model, t["tokens"], t["cap_len"],
+                                 t["patch"][1] * t["patch"][0] ** 2 * t["latents"][0], t["batch"])
+                for t in tasks.values())
+    grads = state["params"] if exp.model.param_dtype == "float32" else 2 * state["params"]
+    total = sum(state.values()) + grads + acts
+    return {"method": "analytic", "tasks": tasks, **state, "activations": acts,
+            "gradients": grads, "total": total, "flops_per_device": flops / n_dev,
+            "flops_total": flops}
+
+
+def compiled_stage(config_spec: str, overrides, stage_index: int, mesh_sizes: dict[str, int],
+                   timeout: int) -> dict:
+    """Compile the real step for N fake CPU devices in a subprocess."""
+    n = math.prod(mesh_sizes.values())
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                         f"--xla_force_host_platform_device_count={n}".strip())
+    job = json.dumps({"config": config_spec, "overrides": list(overrides),
+                      "stage": stage_index, "mesh": mesh_sizes})
+    proc = subprocess.run([sys.executable, "-m", "lumina_jax.train.plan", "--worker", job],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith("PLAN "):
+            return json.loads(line[5:])
+    raise RuntimeError(f"compile worker failed (rc {proc.returncode}): "
+                       f"{proc.stderr.strip().splitlines()[-3:]}")
+
+
+def _worker(job: dict) -> dict:
+    import warnings
+
+    import jax
+    import jax.numpy as jnp
+
+    from lumina_jax.parallel import get_rules, make_mesh
+    from lumina_jax.train.checkpoint import abstract_state
+    from lumina_jax.train.config import build, load_config
+    from lumina_jax.train.loop import optimizer
+    from lumina_jax.train.state import init_state, state_shardings
+    from lumina_jax.train.step import TrainStep, batch_sharding
+
+    warnings.simplefilter("ignore")
+    config = load_config(job["config"], job["overrides"])
+    exp = build(config, check_data=False)
+    rules = get_rules(config.rules if isinstance(config.rules, str) else config.rules.to_dict())
+    mesh = make_mesh(job["mesh"])
+    tx, stage_lrs = optimizer(exp)
+    abstract = jax.eval_shape(lambda: init_state(exp.model, tx, 0))
+    shardings = state_shardings(abstract, mesh, rules)
+    stage = exp.stages[job["stage"]]
+    specs = {t.name: t.spec for t in stage.tasks}
+    step = TrainStep(exp.model, exp.optim, exp.loss, specs, mesh, rules, shardings, stage_lrs)
+    tasks = stage_tasks(exp, job["stage"], exp.model.in_channels)
+    sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype,
+                                                    sharding=batch_sharding(mesh, rules, shape))
+    batches = {name: {"latents": sds((t["batch"], *t["latents"]), jnp.float32),
+                      "cap_feats": sds((t["batch"], t["cap_len"], exp.model.cap_feat_dim),
+                                       jnp.float32),
+                      "cap_mask": sds((t["batch"], t["cap_len"]), jnp.bool_),
+                      "motion_score": sds((t["batch"],), jnp.float32)}
+               for name, t in tasks.items()}
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    compiled = step._jitted.lower(abstract_state(abstract, shardings), batches, key).compile()
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+    return {"argument": mem.argument_size_in_bytes, "output": mem.output_size_in_bytes,
+            "alias": mem.alias_size_in_bytes, "temp": mem.temp_size_in_bytes,
+            "code": mem.generated_code_size_in_bytes,
+            "xla_flops_per_device": float(cost.get("flops", float("nan")))}
+
+
+def plan_stage(exp, config_spec, overrides, stage_index, mesh_sizes, rules, method, timeout):
+    out = analytic_stage(exp, stage_index, mesh_sizes, rules)
+    if method == "compiled":
+        try:
+            c = compiled_stage(config_spec, overrides, stage_index, mesh_sizes, timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            out["compile_error"] = str(e)[:300]
+        else:
+            batch = sum(4 * t["batch"] * (math.prod(t["latents"]) + t["cap_len"] *
+                                          (exp.model.cap_feat_dim + 1) + 1)
+                        for t in out["tasks"].values()) // math.prod(mesh_sizes.values())
+            out.update(method="compiled", compiled=c, analytic_activations=out["activations"],
+                       activations=c["temp"],  # temporaries: activations, grads, update
+                       total=c["argument"] + c["output"] - c["alias"] + c["temp"],
+                       batch_bytes_approx=batch)
+    return out
+
+
+# ------------------------------------------------------------------ the command
+
+def run(args) -> int:
+    try:
+        text = plan(args)
+    except PlanError as e:
+        print(f"lumina-jax plan: error: {e}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
+def plan(args) -> str:
+    from lumina_jax.parallel import get_rules
+    from lumina_jax.train.config import ConfigError, build, load_config
+
+    overrides = list(getattr(args, "overrides", []) or [])
+    try:
+        config = load_config(args.config, overrides)
+        exp = build(config, check_data=False)
+    except ConfigError as e:
+        raise PlanError(str(e)) from None
+    sizes = parse_mesh(args.mesh) if args.mesh else {k: int(v) for k, v in config.mesh.items()}
+    mesh_sizes, n_dev = resolve_mesh(sizes, args.devices)
+    rules = get_rules(config.rules if isinstance(config.rules, str) else config.rules.to_dict())
+    stages = range(len(exp.stages)) if not args.stage else [args.stage - 1]
+    if args.stage and not 0 < args.stage <= len(exp.stages):
+        raise PlanError(f"--stage {args.stage}: the config has {len(exp.stages)} stages")
+    accels = [args.accelerator] if args.accelerator else list(ACCELERATORS)
+    c = exp.model
+    lines = [f"plan: {args.config}, model dim {c.dim} x {c.n_layers} layers ({c.n_heads} heads, "
+             f"{c.kv_heads} kv), params {c.param_dtype}, compute {c.dtype}, remat {c.remat}; "
+             f"mesh {', '.join(f'{a}={s}' for a, s in mesh_sizes.items() if s > 1) or 'single'}"
+             f" ({n_dev} devices), rules {config.rules if isinstance(config.rules, str) else 'custom'}"]
+    report = []
+    for si in stages:
+        r = plan_stage(exp, args.config, overrides, si, mesh_sizes, rules, args.method,
+                       args.timeout)
+        # Smallest mesh: same axis layout, the -1/largest axis scaled (analytic estimate).
+        grow = max(mesh_sizes, key=mesh_sizes.get)
+        fixed = n_dev // mesh_sizes[grow]
+        cands = [fixed * 2**k for k in range(0, 13)]
+        # Where compiled, the activation estimate is scaled to match the compile.
+        calib = (r["activations"] / r["analytic_activations"]) if r["method"] == "compiled" else 1
+        r["activation_calibration"] = calib
+
+        def est(n, si=si, calib=calib):
+            a = analytic_stage(exp, si, {**mesh_sizes, grow: n // fixed}, rules)
+            return a["total"] + (calib - 1) * a["activations"]
+
+        r["fits"] = {a: r["total"] <= ACCELERATORS[a] for a in accels}
+        r["smallest_mesh"] = {a: smallest_fitting(est, ACCELERATORS[a], cands) for a in accels}
+        r["stage"] = exp.stages[si].name
+        report.append(r)
+        g = lambda b: f"{b / GIB:.2f} GiB"
+        lines.append(f"\nstage {si + 1} '{r['stage']}' ({r['method']}"
+                     + (f"; compile failed: {r['compile_error']}" if "compile_error" in r else "")
+                     + ")")
+        for name, t in r["tasks"].items():
+            f, h, w = t["pixels"]
+            lines.append(f"  {name}: global batch {t['batch']}, {f} frames {h}x{w} px (HxW) -> latents "
+                         f"{t['latents']}, {t['tokens']:,} tokens/item, caption {t['cap_len']}")
+        lines.append(f"  per device: params {g(r['params'])}, optimizer {g(r['optimizer'])}, "
+                     f"EMA {g(r['ema'])}, " + (
+                         f"temporaries (activations, grads, update) {g(r['activations'])}"
+                         if r["method"] == "compiled" else
+                         f"gradients {g(r['gradients'])}, activations (estimate) "
+                         f"{g(r['activations'])}"))
+        if r["method"] == "compiled":
+            cm = r["compiled"]
+            lines.append(f"  compiled: arguments {g(cm['argument'])}, outputs {g(cm['output'])} "
+                         f"(aliased {g(cm['alias'])}), temporaries {g(cm['temp'])}, "
+                         f"XLA flops/device {cm['xla_flops_per_device']:.3g} (scan bodies "
+                         "counted once)")
+        lines.append(f"  total per device {g(r['total'])}; model FLOPs per step "
+                     f"{r['flops_total']:.4g} ({r['flops_per_device']:.4g} per device)")
+        for a in accels:
+            n = r["smallest_mesh"][a]
+            lines.append(f"  {ACCELERATOR_NAMES[a]} ({ACCELERATORS[a] // GIB} GiB): "
+                         f"{'fits' if r['fits'][a] else 'does NOT fit'}; smallest {grow} mesh "
+                         f"that fits (analytic x{r['activation_calibration']:.2f}): "
+                         f"{n if n else 'none up to ' + str(cands[-1])}")
+    if args.json:
+        return json.dumps({"mesh": mesh_sizes, "devices": n_dev, "stages": report}, default=str)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        print("PLAN " + json.dumps(_worker(json.loads(sys.argv[2]))), flush=True)
+    else:
+        parser = argparse.ArgumentParser(prog="lumina-jax")
+        register(parser.add_subparsers())
+        ns, extra = parser.parse_known_args()
+        ns.overrides = [a for a in extra if a.startswith("--config.")]
+        sys.exit(ns.func(ns))
