@@ -70,7 +70,7 @@ def demo_data(tmp_path_factory):
     from data_pipelines import demo
 
     folder = tmp_path_factory.mktemp("demo_data")
-    demo.prepare_demo(str(folder), frames=8)
+    demo.prepare_demo(str(folder), resolution=16, frames=8)
     return folder
 
 

@@ -25,7 +25,7 @@ def demo_data(tmp_path_factory):
     from data_pipelines import demo
 
     folder = tmp_path_factory.mktemp("demo_data")
-    demo.prepare_demo(str(folder), frames=8)
+    demo.prepare_demo(str(folder), resolution=16, frames=8)
     return folder
 
 
@@ -69,7 +69,7 @@ def start_and_signal(workdir, demo_data, sig, after_step):
 @pytest.fixture(scope="module")
 def uninterrupted(demo_data, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    out = run(workdir, demo_data)
+    out = run(workdir, demo_data, "--config.profile_steps=1,2")
     return workdir, out
 
 
@@ -87,6 +87,7 @@ def test_stages_switch_shapes_and_tasks_at_the_right_steps(uninterrupted):
     # samples were written with the EMA weights at the end
     assert list((workdir / "samples").glob("step0000010_*.mp4"))
     assert (workdir / "config.json").exists() and list((workdir / "tensorboard").iterdir())
+    assert list((workdir / "profile").rglob("*.xplane.pb"))  # --config.profile_steps=1,2
 
 
 def test_sigkill_then_resume_reproduces_the_uninterrupted_losses_bitwise(

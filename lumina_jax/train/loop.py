@@ -186,6 +186,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if preemption.requested:
                 save(force=True)
                 ckpt.close()
+                writer.close()
                 if lead:
                     bar.write(f"SIGTERM: saved step {step}; exiting")
                 return last
