@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import io
 import itertools
 import json
@@ -86,14 +85,9 @@ def run(args) -> int:
 
 
 def load_sweep(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise SystemExit(f"sweep file {path!r} not found")
-    spec = importlib.util.spec_from_file_location(f"lumina_sweep_{pathlib.Path(path).stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise SystemExit(f"{path}: a sweep file must define get_sweep()")
-    sweep = module.get_sweep()
+    from lumina_jax.train.config import call_python_file
+
+    sweep = call_python_file(path, "get_sweep", error=SystemExit)
     unknown = set(sweep) - {"grid", "list"}
     if unknown:
         raise SystemExit(f"{path}: get_sweep() keys must be 'grid' and/or 'list', not "

@@ -27,17 +27,22 @@ class ConfigError(ValueError):
     pass
 
 
-def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    path, _, arg = spec.partition(":")
+def call_python_file(path: str, function: str, *args, error: type[Exception] = ConfigError):
+    """Import a Python file (a config or sweep file) and return `function(*args)`."""
     file = pathlib.Path(path)
     if not file.is_file():
-        raise ConfigError(f"config file {path!r} not found")
-    module_spec = importlib.util.spec_from_file_location(f"lumina_config_{file.stem}", file)
+        raise error(f"file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location(f"lumina_file_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path}: a config file must define get_config(arg=None)")
-    config = module.get_config(arg or None)
+    if not hasattr(module, function):
+        raise error(f"{path}: the file must define {function}()")
+    return getattr(module, function)(*args)
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    path, _, arg = spec.partition(":")
+    config = call_python_file(path, "get_config", arg or None)
     for item in overrides:
         apply_override(config, item)
     config.lock()
