@@ -23,14 +23,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lumina_jax.diffusion import PRESETS, SampleSettings, nnx_velocity_fn, plan, sample
-from lumina_jax.model import NextDiT, get_preset
+from lumina_jax.model import NextDiT, get_preset, token_count
 
 PAPER = {"multiscale": 0.34, (2, 1): 1.00, (2, 2): 0.36, (4, 2): 0.07}
 
 
 def tokens(shape, ps):
-    (_, _, f, h, w), (p, pf) = shape, ps
-    return -(-f // pf) * (h // p) * (w // p)
+    return token_count(*shape[2:], ps)
 
 
 def predicted_cost(settings, shape):

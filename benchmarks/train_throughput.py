@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from lumina_jax.diffusion.loss import LossConfig, TaskSpec
-from lumina_jax.model import get_preset
+from lumina_jax.model import get_preset, token_count
 from lumina_jax.model.flops import train_step_flops
 from lumina_jax.parallel import get_rules, make_mesh
 from lumina_jax.train.metrics import measured_matmul_flops
@@ -52,7 +52,7 @@ def run(args) -> dict:
                      remat=args.remat, attention_impl=args.attention)
     p, pf = args.patch
     task = TaskSpec("video", (p, pf), 4.0)
-    tokens = (args.frames // pf) * (args.height // p) * (args.width // p)
+    tokens = token_count(args.frames, args.height, args.width, (p, pf))
     mesh, rules = make_mesh({"data": 1}, devices=jax.devices()[:1]), get_rules("dp")
     optim = OptimConfig(lr=1e-4, ema_every=1)
     state, shardings = create_sharded_state(cfg, make_optimizer(optim), 0, mesh, rules)

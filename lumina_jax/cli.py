@@ -25,7 +25,7 @@ def _run_info(args) -> int:
     import jax.numpy as jnp
     from flax import nnx
 
-    from lumina_jax.model import NextDiT, count_params, get_preset
+    from lumina_jax.model import NextDiT, count_params, get_preset, token_count
 
     cfg = get_preset(args.preset)
     print(f"preset {args.preset}: dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads "
@@ -53,7 +53,7 @@ def _run_info(args) -> int:
             out = jax.block_until_ready(forward(model, x, ps))
             took = time.perf_counter() - start
             p, pf = ps
-            tokens = -(-frames // pf) * (h // p) * (w // p)
+            tokens = token_count(frames, h, w, ps)
             kind = "image" if frames == 1 else "video"
             print(f"  {kind} {pf}x{p}: in {tuple(x.shape)} -> out {tuple(out.shape)}, "
                   f"{tokens} tokens/item, max|out| {float(jnp.max(jnp.abs(out))):.3g} "

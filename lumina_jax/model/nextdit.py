@@ -25,6 +25,13 @@ REMAT = {
 }
 
 
+def token_count(frames: int, height: int, width: int, patch_size) -> int:
+    """Tokens of one item `[C, F, H, W]` at patch size (p, pF); an image fed with pF > 1
+    is repeated to pF frames, so it still makes one frame of tokens."""
+    p, pf = patch_size
+    return -(-frames // pf) * (height // p) * (width // p)
+
+
 def patchify(x: jax.Array, p: int, pf: int) -> jax.Array:
     """`[B, C, F, H, W] -> [B, (f h w), (pf ph pw c)]` (tokens frame-major)."""
     b, c, f, h, w = x.shape

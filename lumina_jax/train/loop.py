@@ -158,7 +158,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if train_step.compiled is None:
                 train_step.compile(state, batches, key)
                 step_flops = train_step.model_flops(batches)
-                tokens = _tokens(batches, tasks)
+                tokens = train_step.tokens(batches)
                 if lead:
                     bar.write(train_step.report(batches))
                 window = Window()
@@ -240,15 +240,6 @@ def import_weights(config: ml_collections.ConfigDict, weights: str, workdir: str
     ckpt.save(0, state, None, {"step": 0, "stage": -1}, force=True)
     ckpt.close()
     return os.path.join(workdir, "checkpoints", "0")
-
-
-def _tokens(batches, tasks) -> int:
-    total = 0
-    for name, b in batches.items():
-        p, pf = tasks[name].patch_size
-        n, _, f, h, w = b["latents"].shape
-        total += n * -(-f // pf) * (h // p) * (w // p)
-    return total
 
 
 def _write_samples(exp: Experiment, state, spec, workdir: str, step: int, writer) -> None:

@@ -110,11 +110,13 @@ def largest_pixels(data: dict) -> tuple[int, int]:
 
 def stage_tasks(exp, stage_index: int, channels: int) -> dict:
     """{task: {batch, latents (C,F,H,W), cap_len, patch, tokens}} at the largest bucket."""
+    from lumina_jax.model import token_count
+
     out = {}
     for task in exp.stages[stage_index].tasks:
         p, pf = task.spec.patch_size
         f, h, w = largest_bucket(task.data, (p, pf))
-        tokens = -(-f // pf) * (h // p) * (w // p)
+        tokens = token_count(f, h, w, (p, pf))
         out[task.name] = {"batch": int(task.data["batch_size"]), "latents": (channels, f, h, w),
                           "cap_len": int(task.data.get("caption_len", 256)),
                           "patch": (p, pf), "tokens": tokens,

@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lumina_jax.diffusion.loss import LossConfig, TaskSpec, multitask_loss
-from lumina_jax.model import ModelConfig
+from lumina_jax.model import ModelConfig, token_count
 from lumina_jax.model.flops import train_step_flops
 from lumina_jax.parallel.rules import Rules, activation_sharding, logical_to_spec
 from lumina_jax.train.state import OptimConfig, lr_schedule, make_optimizer, model_graphdef
@@ -127,12 +127,18 @@ class TrainStep:
         lines.append(f"model FLOPs per step: {self.model_flops(batches):.4g}")
         return "\n".join(lines)
 
+    def tokens(self, batches) -> int:
+        return sum(b["latents"].shape[0] * self._tokens_per_item(name, b)
+                   for name, b in batches.items())
+
+    def _tokens_per_item(self, name: str, batch) -> int:
+        return token_count(*batch["latents"].shape[2:], self.tasks[name].patch_size)
+
     def model_flops(self, batches) -> float:
         total = 0.0
         for name, batch in batches.items():
             p, pf = self.tasks[name].patch_size
-            b, c, f, h, w = batch["latents"].shape
-            tokens = -(-f // pf) * (h // p) * (w // p)
-            total += train_step_flops(self.model_cfg, tokens, batch["cap_feats"].shape[1],
-                                      pf * p * p * c, b)
+            b, c = batch["latents"].shape[:2]
+            total += train_step_flops(self.model_cfg, self._tokens_per_item(name, batch),
+                                      batch["cap_feats"].shape[1], pf * p * p * c, b)
         return total
