@@ -86,7 +86,7 @@ def summary(outputs: dict[str, str]) -> list[str]:
         rows.append(f"| JAX vs PyTorch train step (fwd+bwd+AdamW, fp32, {r['config']['threads']} "
                     f"threads) | **JAX {r['speedup']:.2f}x faster** ({r['jax_step_s'] * 1e3:.0f} "
                     f"ms vs {r['torch_step_s'] * 1e3:.0f} ms) |")
-    for key, pattern in (("multiscale", r"ratio.*"), ("plan", r"total per device.*")):
+    for key, pattern in (("multiscale", r"ratio multi/single.*"), ("plan", r"total per device.*")):
         m = re.search(pattern, outputs.get(key) or "")
         if m:
             rows.append(f"| {TITLES[key].split(' (')[0]} | {m.group(0).strip()} |")
