@@ -121,21 +121,29 @@ def _params(d):
     return plgpu.CompilerParams(num_warps=4 if d <= 64 else 8, num_stages=2)
 
 
+def _query_major_specs(cfg: FlashConfig, q, k) -> dict:
+    """BlockSpecs of the forward and dq kernels, whose grid is (batch, q head, q block):
+    a q block, the full K/V of its kv head, the id vectors, and per-row scalars."""
+    nq, hq, d = q.shape[1:]
+    nk, groups = k.shape[1], hq // k.shape[2]
+    dp, bq = pl.next_power_of_2(d), cfg.block_sizes.block_q
+    return {
+        "q": pl.BlockSpec((None, bq, None, dp), lambda b_, h, i: (b_, i, h, 0)),
+        "kv": pl.BlockSpec((None, nk, None, dp), lambda b_, h, i: (b_, 0, h // groups, 0)),
+        "q_ids": pl.BlockSpec((None, bq), lambda b_, h, i: (b_, i)),
+        "kv_ids": pl.BlockSpec((None, nk), lambda b_, h, i: (b_, 0)),
+        "row": pl.BlockSpec((None, None, bq), lambda b_, h, i: (b_, h, i)),
+    }
+
+
 def _fwd(cfg: FlashConfig, q, k, v, q_ids, kv_ids):
     b, nq, hq, d = q.shape
-    nk, hkv = k.shape[1], k.shape[2]
-    groups = hq // hkv
-    dp = pl.next_power_of_2(d)
-    bq, bk = cfg.block_sizes.block_q, cfg.block_sizes.block_k
-    q_spec = pl.BlockSpec((None, bq, None, dp), lambda b_, h, i: (b_, i, h, 0))
-    kv_spec = pl.BlockSpec((None, nk, None, dp), lambda b_, h, i: (b_, 0, h // groups, 0))
+    spec = _query_major_specs(cfg, q, k)
     return pl.pallas_call(
-        functools.partial(_fwd_kernel, scale=cfg.scale, block_k=bk, d=d),
-        grid=(b, hq, nq // bq),
-        in_specs=[q_spec, kv_spec, kv_spec,
-                  pl.BlockSpec((None, bq), lambda b_, h, i: (b_, i)),
-                  pl.BlockSpec((None, nk), lambda b_, h, i: (b_, 0))],
-        out_specs=[q_spec, pl.BlockSpec((None, None, bq), lambda b_, h, i: (b_, h, i))],
+        functools.partial(_fwd_kernel, scale=cfg.scale, block_k=cfg.block_sizes.block_k, d=d),
+        grid=(b, hq, nq // cfg.block_sizes.block_q),
+        in_specs=[spec["q"], spec["kv"], spec["kv"], spec["q_ids"], spec["kv_ids"]],
+        out_specs=[spec["q"], spec["row"]],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((b, hq, nq), F32)],
         compiler_params=_params(d), interpret=cfg.interpret, name="lumina_flash_fwd",
@@ -148,18 +156,13 @@ def _bwd(cfg: FlashConfig, q, k, v, q_ids, kv_ids, o, lse, do, delta):
     nk, hkv = k.shape[1], k.shape[2]
     groups = hq // hkv
     dp = pl.next_power_of_2(d)
-    bq, bk = cfg.block_sizes.block_q, cfg.block_sizes.block_k
-    q_spec = pl.BlockSpec((None, bq, None, dp), lambda b_, h, i: (b_, i, h, 0))
-    kv_full = pl.BlockSpec((None, nk, None, dp), lambda b_, h, i: (b_, 0, h // groups, 0))
-    row_spec = pl.BlockSpec((None, None, bq), lambda b_, h, i: (b_, h, i))
+    spec = _query_major_specs(cfg, q, k)
     dq = pl.pallas_call(
-        functools.partial(_dq_kernel, scale=cfg.scale, block_k=bk, d=d),
-        grid=(b, hq, nq // bq),
-        in_specs=[q_spec, kv_full, kv_full,
-                  pl.BlockSpec((None, bq), lambda b_, h, i: (b_, i)),
-                  pl.BlockSpec((None, nk), lambda b_, h, i: (b_, 0)),
-                  q_spec, row_spec, row_spec],
-        out_specs=q_spec,
+        functools.partial(_dq_kernel, scale=cfg.scale, block_k=cfg.block_sizes.block_k, d=d),
+        grid=(b, hq, nq // cfg.block_sizes.block_q),
+        in_specs=[spec["q"], spec["kv"], spec["kv"], spec["q_ids"], spec["kv_ids"],
+                  spec["q"], spec["row"], spec["row"]],
+        out_specs=spec["q"],
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=_params(d), interpret=cfg.interpret, name="lumina_flash_dq",
     )(q, k, v, q_ids, kv_ids, do, lse, delta)
