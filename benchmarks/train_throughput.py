@@ -22,7 +22,6 @@ import numpy as np
 
 from lumina_jax.diffusion.loss import LossConfig, TaskSpec
 from lumina_jax.model import get_preset, token_count
-from lumina_jax.model.flops import train_step_flops
 from lumina_jax.parallel import get_rules, make_mesh
 from lumina_jax.train.metrics import measured_matmul_flops
 from lumina_jax.train.state import OptimConfig, create_sharded_state, make_optimizer

@@ -8,7 +8,6 @@ query heads ([B, N, Hkv, G, D] einsums), never by repeating K/V.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
