@@ -293,9 +293,11 @@ class _DropSkippedIterator(grain.DatasetIterator):
         self._pending = [tuple(p) for p in state["pending"]]
 
 
-def _pad_captions(
+def pad_captions(
     feats: Sequence[np.ndarray], lengths: Sequence[int], fixed: int, max_len: int
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-caption features and valid lengths -> `[N, L, D]` features and `[N, L]` mask;
+    L = `fixed`, or the longest caption rounded up to a multiple of 8 (at most max_len)."""
     n = fixed or min(encoders.round_up(max(max(lengths), 1)), encoders.round_up(max_len))
     out = np.zeros((len(feats), n, feats[0].shape[-1]), np.float32)
     mask = np.zeros((len(feats), n), bool)
@@ -323,7 +325,7 @@ class _Collate:
             "skipped_files": [p for e in exs for p in e["skipped_files"]],
         }
         if "cap_feats" in exs[0]:
-            batch["cap_feats"], batch["cap_mask"] = _pad_captions(
+            batch["cap_feats"], batch["cap_mask"] = pad_captions(
                 [e["cap_feats"] for e in exs],
                 [e["cap_len"] for e in exs],
                 self.task.caption_len,
@@ -345,7 +347,7 @@ class _EncodeCaptions:
             self.task.caption_encoder, max_len=self.task.max_caption_len
         )
         out = enc.encode(batch.pop("caption"))
-        batch["cap_feats"], batch["cap_mask"] = _pad_captions(
+        batch["cap_feats"], batch["cap_mask"] = pad_captions(
             [f for f, _ in out],
             [n for _, n in out],
             self.task.caption_len,

@@ -43,15 +43,11 @@ class SampleSpec:
 def encode_prompts(texts, encoder_name: str):
     """Caption features `[N, L, D]` and mask `[N, L]` for full texts (system prompt included)."""
     from data_pipelines.encoders import get_caption_encoder
+    from data_pipelines.pipeline import pad_captions
 
-    encoded = get_caption_encoder(encoder_name).encode(list(texts))
-    length = max(f.shape[0] for f, _ in encoded)
-    feats = np.zeros((len(texts), length, encoded[0][0].shape[1]), np.float32)
-    mask = np.zeros((len(texts), length), bool)
-    for i, (f, n) in enumerate(encoded):
-        feats[i, :f.shape[0]] = f
-        mask[i, :n] = True
-    return feats, mask
+    encoder = get_caption_encoder(encoder_name)
+    encoded = encoder.encode(list(texts))
+    return pad_captions([f for f, _ in encoded], [n for _, n in encoded], 0, encoder.max_len)
 
 
 def generate(model_cfg: ModelConfig, params, spec: SampleSpec, progress: bool = True) -> np.ndarray:
