@@ -106,3 +106,28 @@ def test_unknown_impl_raises():
     q, k, v, _ = _inputs(1, 4, 4, 2, 2, 8, jnp.float32)
     with pytest.raises(ValueError, match="unknown"):
         attention(q, k, v, impl="flash")
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_chunked_grad_memory_stays_linear_inside_a_layer_scan(masked):
+    """Regression: under grad, scan partial evaluation used to hoist the (loop-invariant)
+    id mask out of a layer scan and stack it over all key chunks: an [Nq, Nk] buffer."""
+
+    def temp_bytes(n):
+        q = jax.ShapeDtypeStruct((1, n, 4, 16), jnp.float32)
+        k = jax.ShapeDtypeStruct((1, n, 2, 16), jnp.float32)
+
+        def loss(q, k):
+            ids = jnp.zeros((1, n), jnp.int32) if masked else None
+
+            def layer(h, _):
+                return attention(h, k, k, q_segment_ids=ids, kv_segment_ids=ids,
+                                 impl="chunked"), None
+
+            return jnp.sum(jax.lax.scan(layer, q, None, length=2)[0] ** 2)
+
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(q, k).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    small, large = temp_bytes(4096), temp_bytes(16384)
+    assert large < 5 * small, f"4x tokens took {large / small:.1f}x temp memory"

@@ -27,9 +27,20 @@ def _unchunk(x):  # inverse of _chunks
 
 
 def _scores(cfg, qg, kc, q_ids, idc):
+    """Scaled scores [B,Hkv,G,Nq,c] and the validity mask (None when nothing is masked)."""
+    if cfg.masked:
+        # The ids are loop-invariant inside a layer scan. Untied from the queries, scan
+        # partial evaluation (grad) hoists the mask out of the layer loop and stacks it
+        # over all key chunks: an [Nq, Nk] residual, i.e. quadratic memory.
+        qg, q_ids, idc = lax.optimization_barrier((qg, q_ids, idc))
     s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, kc, preferred_element_type=F32) * cfg.scale
-    valid = q_ids[:, None, None, :, None] == idc[:, None, None, None, :]
-    return s, valid
+    if not cfg.masked:
+        return s, None
+    return s, q_ids[:, None, None, :, None] == idc[:, None, None, None, :]
+
+
+def _where(valid, x, fill):
+    return x if valid is None else jnp.where(valid, x, fill)
 
 
 def _fwd(cfg: FlashConfig, q, k, v, q_ids, kv_ids):
@@ -43,9 +54,9 @@ def _fwd(cfg: FlashConfig, q, k, v, q_ids, kv_ids):
         m, l, acc = carry  # [B,Hkv,G,Nq], [B,Hkv,G,Nq], [B,Hkv,G,Nq,D]
         kc, vc, idc = xs
         s, valid = _scores(cfg, qg, kc, q_ids, idc)
-        s = jnp.where(valid, s, MASK_VALUE)
+        s = _where(valid, s, MASK_VALUE)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-        p = jnp.where(valid, jnp.exp(s - m_new[..., None]), 0.0)
+        p = _where(valid, jnp.exp(s - m_new[..., None]), 0.0)
         alpha = jnp.exp(m - m_new)
         l = alpha * l + jnp.sum(p, axis=-1)
         acc = alpha[..., None] * acc + jnp.einsum(
@@ -76,7 +87,7 @@ def _bwd(cfg: FlashConfig, q, k, v, q_ids, kv_ids, o, lse, do, delta):
     def step(dq, xs):
         kc, vc, idc = xs
         s, valid = _scores(cfg, qg, kc, q_ids, idc)
-        p = jnp.where(valid, jnp.exp(s - lse), 0.0)
+        p = _where(valid, jnp.exp(s - lse), 0.0)
         dv = jnp.einsum("bhgqk,bqhgd->bkhd", p.astype(do.dtype), dog,
                         preferred_element_type=F32)
         dp = jnp.einsum("bqhgd,bkhd->bhgqk", dog, vc, preferred_element_type=F32)

@@ -82,6 +82,9 @@ class FlashConfig:
     scale: float
     block_sizes: BlockSizes
     interpret: bool
+    # False when no key is masked (no segments, no kv mask, no length padding); a backend
+    # may then skip the id comparison. Set by `run_padded`.
+    masked: bool = True
 
 
 def make_flash(fwd_fn, bwd_fn):
@@ -121,5 +124,7 @@ def run_padded(flash, cfg: FlashConfig, q, k, v, q_segment_ids, kv_segment_ids, 
     k_p, v_p = pad_axis(k, 1, k_multiple), pad_axis(v, 1, k_multiple)
     q_ids = pad_axis(q_ids, 1, q_multiple, PAD_Q_ID)
     kv_ids = pad_axis(kv_ids, 1, k_multiple, MASKED_ID)
+    masked = (q_segment_ids is not None or kv_mask is not None or k_p.shape[1] != nk)
+    cfg = dataclasses.replace(cfg, masked=masked)
     out = flash(cfg, q_p, k_p, v_p, q_ids, kv_ids)
     return out[:, :nq]
