@@ -76,10 +76,10 @@ def attention(
         from lumina_jax.ops.chunked import chunked_attention
 
         bs = block_sizes or DEFAULT_BLOCK_SIZES["cpu"]
-        chunk = min(bs.block_k, k.shape[1])
-        cfg = FlashConfig(scale=scale, block_sizes=BlockSizes(bs.block_q, chunk), interpret=False)
-        return run_padded(chunked_attention, cfg, q, k, v, **masks, q_multiple=1,
-                          k_multiple=chunk)
+        bq, bk = min(bs.block_q, q.shape[1]), min(bs.block_k, k.shape[1])
+        cfg = FlashConfig(scale=scale, block_sizes=BlockSizes(bq, bk), interpret=False)
+        return run_padded(chunked_attention, cfg, q, k, v, **masks, q_multiple=bq,
+                          k_multiple=bk)
     return pallas_attention(q, k, v, **masks, scale=scale, block_sizes=block_sizes,
                             interpret=interpret, platform=platform)
 

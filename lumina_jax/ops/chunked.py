@@ -1,8 +1,9 @@
-"""Memory-efficient attention in plain XLA: online softmax over key chunks (lax.scan).
+"""Memory-efficient attention in plain XLA: online softmax over key chunks (lax.scan),
+one query block at a time (lax.map).
 
-For CPU at long lengths (and as a portable fallback). Only one [B, Hq, Nq, chunk] score
-block is live at a time, and the backward pass is its own scan (custom_vjp), so forward
-and backward memory grow linearly in N instead of quadratically. GQA is done by grouping
+For CPU at long lengths (and as a portable fallback). Only one [B, Hq, block_q, chunk]
+score block is live at a time, and the backward pass is its own scan (custom_vjp), so
+forward and backward memory grow linearly in N instead of quadratically. GQA is done by grouping
 query heads ([B, N, Hkv, G, D] einsums), never by repeating K/V.
 """
 
@@ -43,7 +44,8 @@ def _where(valid, x, fill):
     return x if valid is None else jnp.where(valid, x, fill)
 
 
-def _fwd(cfg: FlashConfig, q, k, v, q_ids, kv_ids):
+def _fwd_block(cfg: FlashConfig, q, k, v, q_ids, kv_ids):
+    """One query block against all keys: (o [B,bq,Hq,D], lse [B,Hq,bq])."""
     b, nq, hq, d = q.shape
     hkv = k.shape[2]
     g = hq // hkv
@@ -51,7 +53,7 @@ def _fwd(cfg: FlashConfig, q, k, v, q_ids, kv_ids):
     qg = q.reshape(b, nq, hkv, g, d)
 
     def step(carry, xs):
-        m, l, acc = carry  # [B,Hkv,G,Nq], [B,Hkv,G,Nq], [B,Hkv,G,Nq,D]
+        m, l, acc = carry  # [B,Hkv,G,bq], [B,Hkv,G,bq], [B,Hkv,G,bq,D]
         kc, vc, idc = xs
         s, valid = _scores(cfg, qg, kc, q_ids, idc)
         s = _where(valid, s, MASK_VALUE)
@@ -73,8 +75,8 @@ def _fwd(cfg: FlashConfig, q, k, v, q_ids, kv_ids):
     return o.astype(q.dtype), lse
 
 
-def _bwd(cfg: FlashConfig, q, k, v, q_ids, kv_ids, o, lse, do, delta):
-    del o
+def _bwd_block(cfg: FlashConfig, q, k, v, q_ids, kv_ids, lse, do, delta):
+    """One query block's dq and its (fp32) contributions to dk, dv."""
     b, nq, hq, d = q.shape
     hkv = k.shape[2]
     g = hq // hkv
@@ -96,11 +98,40 @@ def _bwd(cfg: FlashConfig, q, k, v, q_ids, kv_ids, o, lse, do, delta):
                         preferred_element_type=F32) * cfg.scale
         dq = dq + jnp.einsum("bhgqk,bkhd->bqhgd", ds.astype(k.dtype), kc,
                              preferred_element_type=F32)
-        return dq, (dk.astype(k.dtype), dv.astype(v.dtype))
+        return dq, (dk, dv)
 
     dq, (dk, dv) = lax.scan(step, jnp.zeros(qg.shape, F32),
                             (_chunks(k, c), _chunks(v, c), _chunks(kv_ids, c)))
     return (dq * cfg.scale).reshape(q.shape), _unchunk(dk), _unchunk(dv)
+
+
+def _lse_blocks(x, bq):  # [B, Hq, Nq] -> [Nq / bq, B, Hq, bq]
+    b, h, n = x.shape
+    return jnp.moveaxis(x.reshape(b, h, n // bq, bq), 2, 0)
+
+
+def _fwd(cfg: FlashConfig, q, k, v, q_ids, kv_ids):
+    bq = cfg.block_sizes.block_q
+    o, lse = lax.map(lambda xs: _fwd_block(cfg, xs[0], k, v, xs[1], kv_ids),
+                     (_chunks(q, bq), _chunks(q_ids, bq)))
+    b, nq, hq, _ = q.shape
+    return _unchunk(o), jnp.moveaxis(lse, 0, 2).reshape(b, hq, nq)
+
+
+def _bwd(cfg: FlashConfig, q, k, v, q_ids, kv_ids, o, lse, do, delta):
+    del o
+    bq = cfg.block_sizes.block_q
+
+    def step(dkv, xs):
+        qb, idb, lseb, dob, deltab = xs
+        dqb, dkb, dvb = _bwd_block(cfg, qb, k, v, idb, kv_ids, lseb, dob, deltab)
+        return (dkv[0] + dkb, dkv[1] + dvb), dqb
+
+    (dk, dv), dq = lax.scan(
+        step, (jnp.zeros(k.shape, F32), jnp.zeros(v.shape, F32)),
+        (_chunks(q, bq), _chunks(q_ids, bq), _lse_blocks(lse, bq), _chunks(do, bq),
+         _lse_blocks(delta, bq)))
+    return _unchunk(dq), dk, dv
 
 
 chunked_attention = make_flash(_fwd, _bwd)
