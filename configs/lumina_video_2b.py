@@ -61,7 +61,7 @@ def get_config(arg=None):
                                                  "tasks": tasks}))
     c.stages = stages
     c.mesh.data, c.mesh.fsdp = 1, -1
-    c.rules = "fsdp"
+    c.rules = "fsdp_sp"  # = fsdp while mesh.sequence is 1; plan shows when 960px needs it
     c.checkpoint.every, c.checkpoint.keep = 1000, 3
     c.log_every = 50
     c.sample.every = 5000

@@ -49,17 +49,39 @@ def test_plan_numbers_and_flops_split():
         assert t["tokens"] == -(-f // pf) * (h // p) * (w // p)
 
 
-def test_smallest_fitting_mesh():
-    est = lambda n: 100.0 / n + 1.0
-    assert plan.smallest_fitting(est, 14.0, [1, 2, 4, 8, 16]) == 8
-    assert plan.smallest_fitting(est, 1.5, [1, 2, 4, 8, 16]) is None
-    # On the real estimate, the chosen mesh fits and half of it does not.
+def test_growth_meshes_double_fsdp_then_sequence():
+    base = {"data": 1, "fsdp": 4, "tensor": 1, "sequence": 1}
+    grown = plan.growth_meshes(base, get_rules("fsdp_sp"), global_batch=4, steps=4)
+    assert [(m["fsdp"], m["sequence"]) for m in grown] == [(1, 1), (2, 1), (4, 1), (4, 2),
+                                                          (4, 4)]
+    # Rules that do not split tokens over `sequence`: only the largest axis grows.
+    grown = plan.growth_meshes(base, get_rules("fsdp"), global_batch=4, steps=3)
+    assert [(m["fsdp"], m["sequence"]) for m in grown] == [(1, 1), (2, 1), (4, 1), (8, 1)]
+
+
+def test_sequence_axis_shrinks_the_activation_estimate():
+    exp = build(load_config(TINY), check_data=False)
+    rules = get_rules("fsdp_sp")
+    acts = lambda seq: plan.analytic_stage(
+        exp, 2, {"data": 1, "fsdp": 1, "tensor": 1, "sequence": seq}, rules)["activations"]
+    assert acts(4) < acts(2) < acts(1)
+
+
+def test_smallest_mesh_fits_and_the_one_before_does_not():
     exp = build(load_config(TINY), check_data=False)
     rules = get_rules("fsdp")
     total = lambda n: plan.analytic_stage(exp, 0, {"data": 1, "fsdp": n, "tensor": 1,
                                                     "sequence": 1}, rules)["total"]
-    cap = (total(2) + total(4)) / 2
-    assert plan.smallest_fitting(total, cap, [1, 2, 4, 8]) == 4
+    for accel, cap in (("v5e", (total(2) + total(4)) / 2), ("v5p", total(1) * 2)):
+        plan.ACCELERATORS[accel], old = cap, plan.ACCELERATORS[accel]
+        try:
+            report = json.loads(plan.plan(args(mesh="fsdp=1", stage=1, accelerator=accel,
+                                               overrides=["--config.rules=fsdp"])))
+        finally:
+            plan.ACCELERATORS[accel] = old
+        (stage,) = report["stages"]
+        assert stage["smallest_mesh"][accel] == ("fsdp=4" if accel == "v5e" else
+                                                 "single device")
 
 
 @pytest.mark.parametrize("mesh, devices, message", [

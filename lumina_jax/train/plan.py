@@ -10,11 +10,15 @@ global batch of the config. Two methods:
   * `compiled`: the real jitted train step lowered and compiled for N fake CPU devices
     (`--xla_force_host_platform_device_count=N`, in a subprocess) with the config's
     remat and dtypes; `compiled.memory_analysis()` gives arguments / temporaries per
-    device. (Attention lowers to the chunked XLA path on CPU, linear in memory like the
-    flash kernels used on GPU/TPU.)
+    device. (Attention lowers to the chunked XLA path on CPU, tiled and linear in memory
+    like the flash kernels used on GPU/TPU; see CPU_PLAN_XLA_FLAGS for the one pass
+    the compile turns off. XLA:CPU still computes bf16 elementwise work in fp32, so the
+    figure is an upper bound for bf16 accelerators.)
   * `analytic`: `jax.eval_shape` of the sharded state (exact params / optimiser / EMA
     bytes per device) plus an activation estimate for the remat policy. Used for the
-    smallest-mesh search, and where compiling is too big or fails.
+    smallest-mesh search (the largest axis doubles, then `sequence` once each chip
+    holds one item; scaled by the compiled/analytic activation ratio), and where
+    compiling is too big or fails.
 
 Params/optimiser/EMA come from the state's shard shapes in both methods.
 """
@@ -32,6 +36,14 @@ GIB = 2**30
 ACCELERATORS = {"v5e": 16 * GIB, "h100": 80 * GIB, "v5p": 95 * GIB}
 ACCELERATOR_NAMES = {"v5e": "TPU v5e", "h100": "H100", "v5p": "TPU v5p"}
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+# XLA:CPU has no native bf16 slicing: it upcasts the scan's saved bf16 layer inputs, and
+# loop-invariant code motion then hoists a whole fp32 [layers, B, N, dim] copy out of the
+# backward loop (+19 GiB for 2B stage 4). GPU/TPU slice bf16 natively, so the plan's
+# CPU compile turns those two passes off to stay representative of them.
+CPU_PLAN_XLA_FLAGS = ("--xla_disable_hlo_passes=while-loop-invariant-code-motion,"
+                      "while-loop-expensive-invariant-code-motion")
 
 
 class PlanError(ValueError):
@@ -161,7 +173,8 @@ def state_bytes_per_device(model_cfg, optim_cfg, mesh_sizes: dict[str, int], rul
             "ema": nbytes(abstract["ema"])}
 
 
-def activation_estimate(model_cfg, tasks: dict, n_batch_shards: int) -> int:
+def activation_estimate(model_cfg, tasks: dict, n_batch_shards: int,
+                        n_token_shards: int = 1) -> int:
     """Rough per-device activation bytes of the summed multi-task step.
 
     remat != none: every layer keeps its input [b, N, dim] for every task, plus one
@@ -175,7 +188,7 @@ def activation_estimate(model_cfg, tasks: dict, n_batch_shards: int) -> int:
     kept, working = 0, 0
     for t in tasks.values():
         b = max(1, t["batch"] // n_batch_shards)
-        n = t["tokens"]
+        n = -(-t["tokens"] // n_token_shards)
         if c.remat == "none":
             kept += c.n_layers * b * n * per_token_layer
         else:
@@ -186,12 +199,34 @@ def activation_estimate(model_cfg, tasks: dict, n_batch_shards: int) -> int:
     return kept + working
 
 
-def smallest_fitting(estimate, capacity: float, candidates) -> int | None:
-    """The first candidate device count whose estimated bytes/device fit `capacity`."""
-    for n in candidates:
-        if estimate(n) <= capacity:
-            return n
-    return None
+def shards_of(rules, logical: str, mesh_sizes: dict[str, int]) -> int:
+    """How many ways the rules split the logical activation axis on this mesh."""
+    axes = rules.get(logical) or ()
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(mesh_sizes.get(a, 1) for a in axes)
+
+
+def growth_meshes(mesh_sizes: dict[str, int], rules, global_batch: int, steps: int = 14):
+    """Candidate meshes, smallest first, for the smallest-mesh search: the largest axis
+    starts at 1 and doubles; once the batch axes split the global batch one item per
+    shard, a `sequence` axis (if the rules split tokens over it) doubles instead."""
+    grow = max(mesh_sizes, key=lambda a: (mesh_sizes[a], a == "fsdp"))  # ties: fsdp
+    token_axis = rules.get("act_tokens")
+    current = {**mesh_sizes, grow: 1}
+    out = [dict(current)]
+    for _ in range(steps):
+        current = dict(current)
+        if (token_axis == "sequence" and
+                shards_of(rules, "act_batch", current) * 2 > global_batch):
+            current["sequence"] = current.get("sequence", 1) * 2
+        else:
+            current[grow] *= 2
+        out.append(current)
+    return out
+
+
+def mesh_text(mesh_sizes: dict[str, int]) -> str:
+    return ",".join(f"{a}={s}" for a, s in mesh_sizes.items() if s > 1) or "single device"
 
 
 # ------------------------------------------------------------------ the two methods
@@ -202,10 +237,8 @@ def analytic_stage(exp, stage_index: int, mesh_sizes: dict[str, int], rules) -> 
     tasks = stage_tasks(exp, stage_index, exp.model.in_channels)
     state = state_bytes_per_device(exp.model, exp.optim, mesh_sizes, rules)
     n_dev = math.prod(mesh_sizes.values())
-    batch_axes = rules.get("act_batch") or ()
-    batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
-    shards = math.prod(mesh_sizes[a] for a in batch_axes)
-    acts = activation_estimate(exp.model, tasks, shards)
+    acts = activation_estimate(exp.model, tasks, shards_of(rules, "act_batch", mesh_sizes),
+                               shards_of(rules, "act_tokens", mesh_sizes))
     flops = sum(train_step_flops(exp.model, t["tokens"], t["cap_len"],
                                  t["patch"][1] * t["patch"][0] ** 2 * t["latents"][0], t["batch"])
                 for t in tasks.values())
@@ -221,7 +254,7 @@ def compiled_stage(config_spec: str, overrides, stage_index: int, mesh_sizes: di
     """Compile the real step for N fake CPU devices in a subprocess."""
     n = math.prod(mesh_sizes.values())
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {CPU_PLAN_XLA_FLAGS} "
                          f"--xla_force_host_platform_device_count={n}".strip())
     job = json.dumps({"config": config_spec, "overrides": list(overrides),
                       "stage": stage_index, "mesh": mesh_sizes})
@@ -334,20 +367,19 @@ def plan(args) -> str:
     for si in stages:
         r = plan_stage(exp, args.config, overrides, si, mesh_sizes, rules, args.method,
                        args.timeout)
-        # Smallest mesh: same axis layout, the -1/largest axis scaled (analytic estimate).
-        grow = max(mesh_sizes, key=mesh_sizes.get)
-        fixed = n_dev // mesh_sizes[grow]
-        cands = [fixed * 2**k for k in range(0, 13)]
-        # Where compiled, the activation estimate is scaled to match the compile.
+        # Smallest mesh: the analytic estimate over growing meshes (see growth_meshes),
+        # its activations scaled to match the compile where there is one.
         calib = (r["activations"] / r["analytic_activations"]) if r["method"] == "compiled" else 1
         r["activation_calibration"] = calib
-
-        def est(n, si=si, calib=calib):
-            a = analytic_stage(exp, si, {**mesh_sizes, grow: n // fixed}, rules)
-            return a["total"] + (calib - 1) * a["activations"]
-
+        cands = growth_meshes(mesh_sizes, rules, min(t["batch"] for t in r["tasks"].values()))
+        totals = []
+        for m in cands:
+            a = analytic_stage(exp, si, m, rules)
+            totals.append(a["total"] + (calib - 1) * a["activations"])
         r["fits"] = {a: r["total"] <= ACCELERATORS[a] for a in accels}
-        r["smallest_mesh"] = {a: smallest_fitting(est, ACCELERATORS[a], cands) for a in accels}
+        r["smallest_mesh"] = {
+            a: next((mesh_text(m) for m, tot in zip(cands, totals) if tot <= ACCELERATORS[a]),
+                    None) for a in accels}
         r["stage"] = exp.stages[si].name
         report.append(r)
         g = lambda b: f"{b / GIB:.2f} GiB"
@@ -373,11 +405,11 @@ def plan(args) -> str:
         lines.append(f"  total per device {g(r['total'])}; model FLOPs per step "
                      f"{r['flops_total']:.4g} ({r['flops_per_device']:.4g} per device)")
         for a in accels:
-            n = r["smallest_mesh"][a]
+            m = r["smallest_mesh"][a]
             lines.append(f"  {ACCELERATOR_NAMES[a]} ({ACCELERATORS[a] // GIB} GiB): "
-                         f"{'fits' if r['fits'][a] else 'does NOT fit'}; smallest {grow} mesh "
-                         f"that fits (analytic x{r['activation_calibration']:.2f}): "
-                         f"{n if n else 'none up to ' + str(cands[-1])}")
+                         f"{'fits' if r['fits'][a] else 'does NOT fit'}; smallest mesh that "
+                         f"fits (analytic, activations x{r['activation_calibration']:.2f}): "
+                         f"{m or 'none up to ' + mesh_text(cands[-1])}")
     if args.json:
         return json.dumps({"mesh": mesh_sizes, "devices": n_dev, "stages": report}, default=str)
     return "\n".join(lines)
