@@ -44,7 +44,7 @@ class BlockSizes:
 DEFAULT_BLOCK_SIZES = {
     "gpu": BlockSizes(block_q=64, block_k=64, block_q_dkv=64, block_k_dkv=64),
     "tpu": BlockSizes(block_q=512, block_k=512, block_q_dkv=512, block_k_dkv=512),
-    "cpu": BlockSizes(block_q=256, block_k=512),
+    "cpu": BlockSizes(block_q=512, block_k=512),
 }
 
 
