@@ -36,7 +36,11 @@ class Dense(nnx.Module):
         self.dtype = cfg.jnp_dtype("dtype")
 
     def __call__(self, x):
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        # As a 2-D matmul: XLA:CPU runs [B, N, D] @ [D, F] (and its weight gradient, which
+        # contracts two axes) 2.3x slower than [B*N, D] @ [D, F]; elsewhere it is free.
+        lead = x.shape[:-1]
+        y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype),
+                    self.kernel[...].astype(self.dtype)).reshape(*lead, -1)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
