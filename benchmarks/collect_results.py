@@ -25,6 +25,8 @@ OUT = ROOT / "benchmarks" / "RESULTS.md"
 PY = sys.executable
 JOBS = {
     "mfu": [PY, "benchmarks/train_throughput.py", "--steps", "3"],
+    "mfu_hd128": [PY, "benchmarks/train_throughput.py", "--steps", "3", "--heads", "4",
+                  "--kv-heads", "2", "--scan-unroll", "4"],
     "mfu_1024": [PY, "benchmarks/train_throughput.py", "--steps", "3", "--dim", "1024",
                  "--layers", "2"],
     "torch": [PY, "benchmarks/jax_vs_torch.py", "--rounds", "5"],
@@ -32,15 +34,22 @@ JOBS = {
     "attention_memory": [PY, "benchmarks/attention_memory.py"],
     "plan": [PY, "-m", "lumina_jax.train.plan", "plan", "--config",
              "configs/lumina_video_2b.py", "--mesh", "fsdp=256", "--stage", "4"],
+    "plan_sp": [PY, "-m", "lumina_jax.train.plan", "plan", "--config",
+                "configs/lumina_video_2b.py", "--mesh", "fsdp=256,sequence=4", "--stage", "4",
+                "--accelerator", "v5e"],
 }
 TITLES = {
     "mfu": "Train-step MFU, dim 512 x 4 layers, 2 x 2048 tokens (benchmarks/train_throughput.py)",
+    "mfu_hd128": "Train-step MFU, dim 512 x 4 layers (head_dim 128, layer scan unrolled), "
+                 "2 x 2048 tokens",
     "mfu_1024": "Train-step MFU, dim 1024 x 2 layers, 2 x 2048 tokens",
     "torch": "JAX TrainStep vs PyTorch reference (benchmarks/jax_vs_torch.py)",
     "multiscale": "Multi-scale vs single-scale sampling (benchmarks/multiscale_sampling.py)",
     "attention_memory": "Attention memory scaling (benchmarks/attention_memory.py)",
     "plan": "Scale plan: 2B_GQA stage 4 (960px, 24 fps, 4 s) on 256 chips "
             "(`lumina-jax plan --config configs/lumina_video_2b.py --mesh fsdp=256 --stage 4`)",
+    "plan_sp": "Scale plan: 2B_GQA stage 4 on 1024 TPU v5e chips with sequence parallelism "
+               "(`... --mesh fsdp=256,sequence=4 --stage 4 --accelerator v5e`)",
 }
 
 
@@ -71,12 +80,14 @@ def result(text: str) -> dict:
 
 def summary(outputs: dict[str, str]) -> list[str]:
     rows = ["| figure | value |", "| --- | --- |"]
-    for key in ("mfu", "mfu_1024"):
+    for key in ("mfu", "mfu_hd128", "mfu_1024"):
         r = result(outputs.get(key))
         if r:
             c = r["config"]
+            unrolled = ", unrolled" if c.get("scan_unroll", 1) >= c["layers"] else ""
             rows.append(
-                f"| MFU, dim {c['dim']} x {c['layers']} layers, {c['batch']} x "
+                f"| MFU, dim {c['dim']} x {c['layers']} layers (head_dim "
+                f"{c['dim'] // c['heads']}{unrolled}), {c['batch']} x "
                 f"{c['tokens_per_item']} tokens, fp32 | **{100 * r['mfu']:.1f}%** "
                 f"({r['achieved_flops_s'] / 1e9:.1f} of {r['peak_flops_s'] / 1e9:.1f} GFLOP/s "
                 f"measured matmul peak; step {r['step_s']:.2f} s; XLA/analytic FLOPs "
@@ -86,7 +97,8 @@ def summary(outputs: dict[str, str]) -> list[str]:
         rows.append(f"| JAX vs PyTorch train step (fwd+bwd+AdamW, fp32, {r['config']['threads']} "
                     f"threads) | **JAX {r['speedup']:.2f}x faster** ({r['jax_step_s'] * 1e3:.0f} "
                     f"ms vs {r['torch_step_s'] * 1e3:.0f} ms) |")
-    for key, pattern in (("multiscale", r"ratio multi/single.*"), ("plan", r"total per device.*")):
+    for key, pattern in (("multiscale", r"ratio multi/single.*"), ("plan", r"total per device.*"),
+                         ("plan_sp", r"total per device.*")):
         m = re.search(pattern, outputs.get(key) or "")
         if m:
             rows.append(f"| {TITLES[key].split(' (')[0]} | {m.group(0).strip()} |")

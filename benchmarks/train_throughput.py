@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py                  # dim 512, 2 x 2048 tokens
     python benchmarks/train_throughput.py --attention xla --remat full --batch 4
+    python benchmarks/train_throughput.py --heads 4 --kv-heads 2 --scan-unroll 4
 
 MFU = analytic model FLOPs per step (lumina_jax/model/flops.py; remat recompute not
 counted) / step time / the measured dense fp32 matmul peak of this machine (timed in
@@ -48,7 +49,8 @@ def make_batch(cfg, batch, frames, h, w, cap_len, seed=0):
 def run(args) -> dict:
     cfg = get_preset("2B_GQA", dim=args.dim, n_layers=args.layers, n_heads=args.heads,
                      n_kv_heads=args.kv_heads, cap_feat_dim=args.dim, dtype=args.dtype,
-                     remat=args.remat, attention_impl=args.attention)
+                     remat=args.remat, attention_impl=args.attention,
+                     scan_unroll=args.scan_unroll)
     p, pf = args.patch
     task = TaskSpec("video", (p, pf), 4.0)
     tokens = token_count(args.frames, args.height, args.width, (p, pf))
@@ -81,7 +83,8 @@ def run(args) -> dict:
         "config": {"dim": cfg.dim, "layers": cfg.n_layers, "heads": cfg.n_heads,
                    "kv_heads": cfg.kv_heads, "ffn": cfg.ffn_dim, "batch": args.batch,
                    "tokens_per_item": tokens, "cap_len": args.cap_len, "dtype": cfg.dtype,
-                   "remat": cfg.remat, "attention": cfg.attention_impl},
+                   "remat": cfg.remat, "attention": cfg.attention_impl,
+                   "scan_unroll": cfg.scan_unroll},
         "compile_s": compile_s, "step_s": step_s, "step_s_all": times,
         "analytic_flops": analytic, "xla_flops": xla, "xla_over_analytic": xla / analytic,
         "achieved_flops_s": achieved, "peak_flops_s": peak, "mfu": achieved / peak,
@@ -105,13 +108,16 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--remat", default="none")
     ap.add_argument("--attention", default="auto")
+    ap.add_argument("--scan-unroll", type=int, default=1,
+                    help="layers per layer-scan iteration (= --layers: fully unrolled)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--matmul-n", type=int, default=2048)
     r = run(ap.parse_args())
     c = r["config"]
     print(f"model dim {c['dim']} x {c['layers']} layers ({c['heads']} heads, {c['kv_heads']} kv, "
           f"ffn {c['ffn']}), batch {c['batch']} x {c['tokens_per_item']} tokens, {c['dtype']}, "
-          f"remat {c['remat']}, attention {c['attention']}; compile {r['compile_s']:.1f} s")
+          f"remat {c['remat']}, attention {c['attention']}, scan_unroll {c['scan_unroll']}; "
+          f"compile {r['compile_s']:.1f} s")
     print(f"FLOPs per step: analytic {r['analytic_flops']:.4g}, XLA cost_analysis "
           f"{r['xla_flops']:.4g} (ratio XLA/analytic {r['xla_over_analytic']:.3f})")
     print(f"step time {r['step_s']:.3f} s (median of {len(r['step_s_all'])}), "

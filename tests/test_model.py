@@ -144,22 +144,36 @@ def test_motion_conditioning(random_model):
                                atol=1e-6)
 
 
+def _hlo_for(n_layers, scan_unroll=1):
+    cfg = get_preset("tiny", n_layers=n_layers, scan_unroll=scan_unroll)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: NextDiT(cfg, rngs=nnx.Rngs(0))))
+    x, t, cap, mask, motion = inputs(cfg)
+
+    def f(state, *args):
+        return nnx.merge(graphdef, state)(*args, patch_size=(2, 1))
+
+    return jax.jit(f).lower(state, x, t, cap, mask, motion).as_text()
+
+
+def _n_dots(text):
+    return len(re.findall(r"stablehlo\.dot_general", text))
+
+
 def test_layers_are_scanned_not_unrolled():
     """The compiled forward holds one block body whatever the depth."""
-    def hlo_for(n_layers):
-        cfg = get_preset("tiny", n_layers=n_layers)
-        graphdef, state = nnx.split(nnx.eval_shape(lambda: NextDiT(cfg, rngs=nnx.Rngs(0))))
-        x, t, cap, mask, motion = inputs(cfg)
-
-        def f(state, *args):
-            return nnx.merge(graphdef, state)(*args, patch_size=(2, 1))
-
-        return jax.jit(f).lower(state, x, t, cap, mask, motion).as_text()
-
-    two, four = hlo_for(2), hlo_for(4)
-    n_dots = lambda text: len(re.findall(r"stablehlo\.dot_general", text))
-    assert n_dots(two) == n_dots(four)
+    two, four = _hlo_for(2), _hlo_for(4)
+    assert _n_dots(two) == _n_dots(four)
     assert "stablehlo.while" in four
+
+
+def test_scan_unroll_unrolls_and_keeps_values():
+    assert "stablehlo.while" in _hlo_for(4, scan_unroll=2)  # two blocks per iteration
+    assert "stablehlo.while" not in _hlo_for(4, scan_unroll=4)
+    x, t, cap, mask, motion = inputs()
+    out = lambda cfg: randomize(NextDiT(cfg, rngs=nnx.Rngs(0)))(
+        x, t, cap, mask, motion, patch_size=(2, 2))
+    np.testing.assert_allclose(np.asarray(out(get_preset("tiny", scan_unroll=2))),
+                               np.asarray(out(CFG)), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("remat", ["full", "dots"])

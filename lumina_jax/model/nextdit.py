@@ -124,7 +124,8 @@ class NextDiT(nnx.Module):
 
         if self.cfg.remat != "none":
             body = jax.checkpoint(body, policy=REMAT[self.cfg.remat], prevent_cse=False)
-        tokens, _ = jax.lax.scan(body, tokens, stacked)
+        tokens, _ = jax.lax.scan(body, tokens, stacked,
+                                 unroll=min(self.cfg.scan_unroll, self.cfg.n_layers))
         return tokens
 
     def _check_inputs(self, x, t, cap_feats, cap_mask, motion_score, patch_size):
