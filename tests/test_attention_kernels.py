@@ -89,7 +89,7 @@ def test_lengths_head_dim_144(path, nq, nk):
 def test_auto_on_cpu_picks_xla_short_and_chunked_long(monkeypatch):
     q, k, v, _ = _inputs(1, 16, 16, 2, 1, 8, jnp.float32)
     assert "scan" not in str(jax.make_jaxpr(lambda *a: attention(*a, impl="auto"))(q, k, v))
-    monkeypatch.setattr(attn_mod, "CHUNKED_MIN_SCORES", 16 * 16)
+    monkeypatch.setattr(attn_mod, "CHUNKED_MIN_KEYS", 16)
     jaxpr = str(jax.make_jaxpr(lambda *a: attention(*a, impl="auto"))(q, k, v))
     assert "scan" in jaxpr
     np.testing.assert_allclose(attention(q, k, v, impl="auto"),
