@@ -46,14 +46,11 @@ def _kv_unchunk(x):  # inverse of _kv_chunks
 
 
 def _row_blocks(x, hkv, bq):  # [B, Hq, Nq] -> [Nq/bq, B, Hkv, G*bq] (as _q_blocks rows)
-    b, hq, n = x.shape
-    x = x.reshape(b, hq, n // bq, bq).transpose(2, 0, 1, 3)
-    return x.reshape(n // bq, b, hkv, hq // hkv * bq)
+    return _q_blocks(jnp.swapaxes(x, 1, 2)[..., None], hkv, bq)[..., 0]
 
 
 def _row_unblock(x, hq):  # inverse of _row_blocks
-    nb, b, hkv, rows = x.shape
-    return x.reshape(nb, b, hq, rows // (hq // hkv)).transpose(1, 2, 0, 3).reshape(b, hq, -1)
+    return jnp.swapaxes(_q_unblock(x[..., None], hq)[..., 0], 1, 2)
 
 
 def _id_blocks(ids, c):  # [B, N] -> [N/c, B, c]

@@ -164,8 +164,8 @@ def state_bytes_per_device(model_cfg, optim_cfg, mesh_sizes: dict[str, int], rul
             else:
                 axes, value = (None,) * var.ndim, var
             spec = logical_to_spec(axes, value.shape, rules, mesh, where="plan")
-            shard = [d // math.prod(mesh_sizes[a] for a in ((s,) if isinstance(s, str) else s))
-                     if s else d for d, s in zip(value.shape, tuple(spec) + (None,) * 8)]
+            shard = [d // axes_size(s, mesh_sizes)
+                     for d, s in zip(value.shape, tuple(spec) + (None,) * 8)]
             total += math.prod(shard) * value.dtype.itemsize
         return total
 
@@ -199,11 +199,15 @@ def activation_estimate(model_cfg, tasks: dict, n_batch_shards: int,
     return kept + working
 
 
+def axes_size(axes, mesh_sizes: dict[str, int]) -> int:
+    """Devices along mesh axes given as a spec entry: None, a name or a tuple of names."""
+    axes = () if not axes else (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(mesh_sizes.get(a, 1) for a in axes)
+
+
 def shards_of(rules, logical: str, mesh_sizes: dict[str, int]) -> int:
     """How many ways the rules split the logical activation axis on this mesh."""
-    axes = rules.get(logical) or ()
-    axes = (axes,) if isinstance(axes, str) else tuple(axes)
-    return math.prod(mesh_sizes.get(a, 1) for a in axes)
+    return axes_size(rules.get(logical), mesh_sizes)
 
 
 def growth_meshes(mesh_sizes: dict[str, int], rules, global_batch: int, steps: int = 14):
