@@ -26,6 +26,8 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from train_throughput import add_shape_args, make_batch  # noqa: E402
 
 
 def model_config(args):
@@ -37,9 +39,6 @@ def model_config(args):
 
 
 def numpy_batch(args, cfg):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from train_throughput import make_batch
-
     return make_batch(cfg, args.batch, args.frames, args.height, args.width, args.cap_len)
 
 
@@ -139,17 +138,7 @@ def torch_loss(model, batch, patch, shift, gen):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--kv-heads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--height", type=int, default=32)
-    ap.add_argument("--width", type=int, default=64)
-    ap.add_argument("--cap-len", type=int, default=32)
-    ap.add_argument("--scan-unroll", type=int, default=1,
-                    help="JAX: layers per layer-scan iteration (= --layers: unrolled)")
+    add_shape_args(ap, heads=4, kv_heads=2)  # --scan-unroll applies to JAX only
     ap.add_argument("--rounds", type=int, default=3, help="JAX/torch block pairs")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per block")
     ap.add_argument("--pause", type=float, default=0.5,

@@ -93,23 +93,28 @@ def run(args) -> dict:
     }
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_shape_args(ap, heads: int, kv_heads: int) -> None:
+    """Model and batch shape flags shared with benchmarks/jax_vs_torch.py."""
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=heads)
+    ap.add_argument("--kv-heads", type=int, default=kv_heads)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--height", type=int, default=32)
     ap.add_argument("--width", type=int, default=64)
-    ap.add_argument("--patch", type=int, nargs=2, default=(2, 2), metavar=("P", "PF"))
     ap.add_argument("--cap-len", type=int, default=32)
+    ap.add_argument("--scan-unroll", type=int, default=1,
+                    help="layers per layer-scan iteration (= --layers: fully unrolled)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_shape_args(ap, heads=8, kv_heads=4)
+    ap.add_argument("--patch", type=int, nargs=2, default=(2, 2), metavar=("P", "PF"))
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--remat", default="none")
     ap.add_argument("--attention", default="auto")
-    ap.add_argument("--scan-unroll", type=int, default=1,
-                    help="layers per layer-scan iteration (= --layers: fully unrolled)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--matmul-n", type=int, default=2048)
     r = run(ap.parse_args())
