@@ -1,52 +1,79 @@
-"""Resolution and frame-count buckets; resize + centre crop into a bucket.
+"""Resolution buckets, admission filters and training windows (official rules, REFERENCE §7).
 
-A resolution bucket is (height, width) with both sides divisible by `multiple`
-(latent downsampling x patch size: 8 x 2 x 2 = 32 px in the recipe) and an area close
-to resolution**2, for aspect ratios up to `max_aspect`:1 either way. A clip goes to the
-bucket with the closest aspect ratio (in log space). Frame buckets are the allowed
-clip lengths; a clip takes the longest one that fits its duration at the task fps.
+Resolution buckets are the official `generate_crop_size_list`: every size on the
+staircase of (w, h) in `multiple`-px units with w*h <= (resolution // multiple)**2 and
+aspect <= max_aspect. An item goes to the bucket closest to its aspect ratio, as the
+official var_center_crop does. Items smaller than resolution**2 in area, and videos below
+half the target fps, are skipped (never upscaled or stretched in time).
+
+Frames: a clip is trained on a window of latent frames; its length is the clip's frame
+bucket (any length: no coarse {max, max/2, max/4} buckets).
 """
 
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
-
-ASPECTS = (1.0, 4 / 3, 3 / 2, 16 / 9, 2.0, 3.0, 4.0)  # width / height, plus inverses
 
 
 def resolution_buckets(
     resolution: int, multiple: int = 32, max_aspect: float = 4.0
 ) -> list[tuple[int, int]]:
-    """(height, width) buckets of area ~resolution**2, sides divisible by `multiple`."""
-    area = resolution * resolution
-    out = set()
-    for a in ASPECTS:
-        if a > max_aspect + 1e-9:
-            continue
-        for r in {a, 1 / a}:
-            h = max(multiple, round(math.sqrt(area / r) / multiple) * multiple)
-            w = max(multiple, round(h * r / multiple) * multiple)
-            out.add((h, w))
-    return sorted(out, key=lambda hw: hw[1] / hw[0])
+    """(height, width) candidates of the official generate_crop_size_list, in its order."""
+    num_patches = (resolution // multiple) ** 2
+    out = []
+    wp, hp = num_patches, 1
+    while wp > 0:
+        if max(wp, hp) / min(wp, hp) <= max_aspect:
+            out.append((hp * multiple, wp * multiple))
+        if (hp + 1) * wp <= num_patches:
+            hp += 1
+        else:
+            wp -= 1
+    return out
 
 
 def closest_bucket(height: int, width: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
-    target = math.log(width / height)
-    return min(buckets, key=lambda hw: abs(math.log(hw[1] / hw[0]) - target))
+    """The bucket whose resize ratios are most alike: max min(rw, rh) / max(rw, rh).
+
+    Ties go to the larger (width, height), as the official sort does.
+    """
+
+    def rank(hw):
+        rh, rw = hw[0] / height, hw[1] / width
+        return min(rh, rw) / max(rh, rw), hw[1], hw[0]
+
+    return max(buckets, key=rank)
 
 
-def default_frame_buckets(max_frames: int) -> tuple[int, ...]:
-    """max_frames, max/2, max/4 (>= 2): short clips still train, in their own bucket."""
-    return tuple(sorted({f for f in (max_frames, max_frames // 2, max_frames // 4) if f >= 2}))
+def skip_reason(rec: dict, resolution: int, fps: float) -> tuple[str, str] | None:
+    """(reason, detail) if a probed item must not be used, else None."""
+    if rec["width"] * rec["height"] < resolution * resolution:
+        return "too_small", f"{rec['width']}x{rec['height']} is below {resolution}^2 px"
+    if rec["media"] == "video" and rec["fps"] < fps / 2:
+        return "low_fps", f"{rec['fps']:g} fps is below half the target {fps:g} fps"
+    return None
 
 
-def frame_bucket(available: int, frame_buckets: tuple[int, ...]) -> int | None:
-    """Longest allowed frame count <= available frames, or None (clip too short)."""
-    fits = [f for f in frame_buckets if f <= available]
-    return max(fits) if fits else None
+def usable_latents(stored: int, temporal: int) -> int:
+    """Latent frames a training window can use: latent 0 (the special single-frame
+    latent of a temporally compressed video) is dropped."""
+    return stored - 1 if temporal > 1 else stored
+
+
+def window_length(
+    usable: int, max_frames: int, temporal: int, multiple: int = 1, frame_buckets=()
+) -> int:
+    """Latent frames per training window (0: the clip is too short).
+
+    At most max_frames // temporal, truncated to a multiple of `multiple` (the model's
+    temporal patch size); with `frame_buckets`, the largest one that fits instead.
+    """
+    f = min(usable, max_frames // temporal)
+    f -= f % multiple
+    if frame_buckets:
+        f = max((b for b in frame_buckets if b <= f), default=0)
+    return f
 
 
 def resize_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -65,6 +92,7 @@ def resize_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def bucket_key(media: str, frames: int, height: int, width: int) -> str:
+    """'media_FxHxW': F latent frames per window (the batch's F), H x W pixels."""
     return f"{media}_{frames}x{height}x{width}"
 
 

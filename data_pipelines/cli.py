@@ -1,8 +1,14 @@
 """`prepare` subcommand. Wired into `lumina-jax` by lumina_jax/cli.py via `register`.
 
   lumina-jax prepare --input DIR_or_manifest.jsonl --output OUT [--resolution 256 --fps 8
-      --max-frames 32 --latent-encoder identity|cogvideox --caption-encoder minilm|gemma]
-  lumina-jax prepare --demo --output OUT     # generate + prepare the embedded demo data
+      --max-duration 4 --latent-encoder identity|cogvideox --latent-encoder-path VAE_DIR
+      --caption-encoder minilm|gemma --caption-encoder-path GEMMA_DIR]
+  lumina-jax prepare --demo --output OUT [--max-frames 16 --resolution 32]
+                                             # generate + prepare the embedded demo data
+
+Videos are encoded whole from frame 0 up to --max-duration seconds at --fps (all
+latents stored; training draws windows). Skipped, and counted per reason: unreadable
+files, items smaller than resolution^2, videos below half the fps, clips too short.
 
 Standalone: python -m data_pipelines.cli prepare ...
 """
@@ -33,12 +39,16 @@ def register(subparsers) -> None:
     )
     p.add_argument("--resolution", type=int, default=None, help="bucket area = this squared")
     p.add_argument("--fps", type=float, default=8.0)
-    p.add_argument("--max-frames", type=int, default=None)
-    p.add_argument("--frame-buckets", default="", help="comma list, e.g. 8,16,32")
+    p.add_argument("--max-duration", type=float, default=4.0,
+                   help="seconds of each video encoded, from frame 0")
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="--demo only: frames per generated clip (default 16)")
     p.add_argument("--multiple", type=int, default=32, help="bucket sides divisible by this")
     p.add_argument("--max-aspect", type=float, default=4.0)
     p.add_argument("--latent-encoder", choices=sorted(encoders.LATENT_ENCODERS), default="identity")
+    p.add_argument("--latent-encoder-path", default="", help="local weights folder (cogvideox)")
     p.add_argument("--caption-encoder", choices=sorted(encoders.CAPTION_ENCODERS), default="minilm")
+    p.add_argument("--caption-encoder-path", default="", help="local weights folder (gemma)")
     p.add_argument("--system-prompt", default=encoders.DEFAULT_SYSTEM_PROMPT)
     p.add_argument("--records-per-shard", type=int, default=1024)
     p.set_defaults(func=run)
@@ -59,22 +69,27 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.input:
             raise SystemExit("prepare: --input is required (or --demo)")
-        buckets = tuple(int(x) for x in args.frame_buckets.split(",") if x)
+        if args.max_frames is not None:
+            raise SystemExit("prepare: --max-frames is for --demo only; videos are encoded "
+                             "whole up to --max-duration seconds (training picks windows)")
         summary = offline.prepare(
             args.input,
             args.output,
             resolution=args.resolution or 256,
             fps=args.fps,
-            max_frames=args.max_frames or 32,
-            frame_buckets=buckets,
+            max_duration=args.max_duration,
             multiple=args.multiple,
             max_aspect=args.max_aspect,
             latent_encoder=args.latent_encoder,
+            latent_encoder_path=args.latent_encoder_path,
             caption_encoder=args.caption_encoder,
+            caption_encoder_path=args.caption_encoder_path,
             system_prompt=args.system_prompt,
             records_per_shard=args.records_per_shard,
         )
-    print(json.dumps({k: v for k, v in summary.items() if k != "system_prompts"}, indent=1))
+    # Skipped files were warned one line each; the summary gives the counts per reason.
+    hidden = ("system_prompts", "skipped", "shards")
+    print(json.dumps({k: v for k, v in summary.items() if k not in hidden}, indent=1))
     return 0
 
 

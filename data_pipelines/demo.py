@@ -170,7 +170,11 @@ def generate(folder: str, size: int = 64, frames: int = 16, fps: float = 8.0) ->
         )
     path = os.path.join(folder, "manifest.jsonl")
     # Probe now so the manifest is complete (and every generated file is proven readable).
-    manifest.write_manifest(path, [manifest.probe_record(r) for r in recs])
+    skipped: dict[str, str] = {}
+    probed = [manifest.probe_record(r, skipped) for r in recs]
+    if skipped:
+        raise RuntimeError(f"demo files failed to decode: {skipped}")
+    manifest.write_manifest(path, probed)
     return path
 
 
@@ -183,8 +187,9 @@ def prepare_demo(
 ) -> dict:
     """Generates the demo under folder/raw and prepares it into folder/prepared.
 
-    Train with `demo_task(folder)`. For on-the-fly decoding instead, use sources with
-    path folder/prepared/manifest.jsonl (the raw files, with motion scores).
+    Clips are 2*resolution px (the area filter keeps them) and `frames` frames at `fps`,
+    stored whole. Train with `demo_task(folder)`. For on-the-fly decoding instead, use
+    sources with path folder/prepared/manifest.jsonl (the raw files, with motion scores).
     """
     manifest_path = generate(
         os.path.join(folder, "raw"), size=2 * resolution, frames=frames, fps=fps
@@ -194,8 +199,7 @@ def prepare_demo(
         os.path.join(folder, "prepared"),
         resolution=resolution,
         fps=fps,
-        max_frames=frames,
-        frame_buckets=(frames,),
+        max_duration=max(4.0, frames / fps),
         multiple=16,
         caption_encoder=caption_encoder,
         system_prompts=DEMO_PROMPTS,

@@ -7,6 +7,7 @@ Fields: `path` (absolute, or relative to the manifest's folder), `caption`, `sou
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -60,22 +61,33 @@ def _caption_for(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0].replace("_", " ")
 
 
-def probe_record(rec: dict) -> dict | None:
-    """Fills width/height/duration/fps/media from the file; None (and one warning) if bad."""
+def skip(skipped: dict[str, str], path: str, reason: str, detail: str) -> None:
+    """Records a skipped file under its reason code (the first one wins) and warns once."""
+    warn_skip(path, f"{reason} ({detail})")
+    skipped.setdefault(path, reason)
+
+
+def skip_counts(skipped: dict[str, str]) -> dict[str, int]:
+    """{reason: number of files}, for summaries."""
+    return dict(sorted(collections.Counter(skipped.values()).items()))
+
+
+def probe_record(rec: dict, skipped: dict[str, str]) -> dict | None:
+    """Fills width/height/duration/fps/media from the file; None (skipped, warned) if bad."""
     try:
         info = video.probe(rec["path"])
     except video.DecodeError as e:
-        warn_skip(rec["path"], f"unreadable ({e})")
+        skip(skipped, rec["path"], "unreadable", str(e))
         return None
     return {**rec, **info}
 
 
-def scan(folder: str) -> tuple[list[dict], list[str]]:
+def scan(folder: str) -> tuple[list[dict], dict[str, str]]:
     """Walks `folder` for videos and images. Source = first sub-folder name (or 'default').
 
-    Returns (records, skipped paths). Unreadable files are skipped with one warning each.
+    Returns (records, {skipped path: reason}). Unreadable files are warned once each.
     """
-    records, skipped = [], []
+    records, skipped = [], {}
     folder = os.path.abspath(folder)
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
@@ -89,26 +101,22 @@ def scan(folder: str) -> tuple[list[dict], list[str]]:
                 "caption": _caption_for(path),
                 "source": rel[0] if len(rel) > 1 else "default",
             }
-            probed = probe_record(rec)
-            if probed is None:
-                skipped.append(path)
-            else:
+            probed = probe_record(rec, skipped)
+            if probed is not None:
                 records.append(probed)
     return records, skipped
 
 
-def load_input(input_path: str) -> tuple[list[dict], list[str]]:
+def load_input(input_path: str) -> tuple[list[dict], dict[str, str]]:
     """A folder (scanned) or a manifest (probed where width/duration are missing)."""
     if os.path.isdir(input_path):
         return scan(input_path)
-    records, skipped = [], []
+    records, skipped = [], {}
     for rec in read_manifest(input_path):
-        if not {"width", "height", "duration", "media"} <= rec.keys():
-            probed = probe_record(rec)
-            if probed is None:
-                skipped.append(rec["path"])
+        if not {"width", "height", "duration", "fps", "media"} <= rec.keys():
+            rec = probe_record(rec, skipped)
+            if rec is None:
                 continue
-            rec = probed
         rec.setdefault("source", "default")
         records.append(rec)
     return records, skipped

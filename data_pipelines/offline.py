@@ -1,9 +1,17 @@
 """`lumina-jax prepare`: raw media -> motion scores -> latents + caption features in shards.
 
-One clip per file: the first `frames` frames at the target fps (start 0), in the bucket
-the training pipeline would choose. Output folder: `manifest.jsonl` (the input records
-with motion scores), ArrayRecord shards + `examples.jsonl` + `null_captions.npz` +
-`prepared.json` (see shards.py). Train on it with `Source(name, path=<output folder>)`.
+As the official cache (REFERENCE.md section 7): each video is encoded WHOLE from frame 0
+up to `max_duration` seconds, sampled at the target fps; a latent encoder that compresses
+time T-fold (cogvideox: 4) takes the largest T*k+1 frames that fit in one call, and all
+1+k latents are stored (training drops latent 0 and draws windows). Images are one frame.
+Each item is resized and centre-cropped into the resolution bucket closest to its aspect
+ratio. Skipped, warned once per file and counted by reason in the summary: unreadable,
+too_small (area below resolution**2: no upscaling), low_fps (below half the target fps),
+too_short (no latent left after latent 0).
+
+Output folder: `manifest.jsonl` (the used records, with motion scores), ArrayRecord
+shards + `examples.jsonl` + `null_captions.npz` + `prepared.json` (see shards.py).
+Train on it with `Source(name, path=<output folder>)`.
 """
 
 from __future__ import annotations
@@ -16,32 +24,41 @@ import time
 import numpy as np
 
 from data_pipelines import buckets as bk
-from data_pipelines import encoders, manifest, motion, pipeline, shards, video
+from data_pipelines import encoders, manifest, motion, shards, video
 
 log = logging.getLogger("data_pipelines")
 
 
-def _with_motion(rec: dict) -> dict | None:
+def frames_to_encode(rec: dict, fps: float, max_duration: float, temporal: int) -> int:
+    """Frames sampled from frame 0 (images: 1); 0 if the clip gives no usable latent."""
+    if rec["media"] == "image":
+        return 1
+    n = video.available_frames(min(rec["duration"], max_duration), fps)
+    if temporal > 1:  # T*k+1 frames -> 1+k latents; latent 0 alone is not usable
+        return (n - 1) // temporal * temporal + 1 if n > temporal else 0
+    return n
+
+
+def _with_motion(rec: dict) -> dict | str:
+    """The record with its motion score, or the reason it cannot be read."""
     if rec["media"] != "video" or "motion_score" in rec:
         return rec
     try:
         return {**rec, "motion_score": round(motion.motion_score(rec["path"], rec["duration"]), 4)}
     except Exception as e:  # pylint: disable=broad-except
-        manifest.warn_skip(rec["path"], f"unreadable ({e})")
-        return None
+        return f"{type(e).__name__}: {e}"
 
 
-def _pixels(clip: dict, fps: float) -> np.ndarray | None:
-    media, f, h, w = bk.parse_bucket_key(clip["bucket"])
+def _pixels(item: dict, fps: float) -> np.ndarray | str:
+    """uint8 [F, H, W, 3] in the item's bucket, or the reason it cannot be read."""
     try:
-        if media == "image":
-            frames = video.read_image(clip["path"])[None]
+        if item["media"] == "image":
+            frames = video.read_image(item["path"])[None]
         else:
-            frames = video.read_frames(clip["path"], fps, f, start=0.0)
-        return bk.resize_crop(frames, h, w)
+            frames = video.read_frames(item["path"], fps, item["frames"], start=0.0)
+        return bk.resize_crop(frames, item["bucket_hw"][0], item["bucket_hw"][1])
     except Exception as e:  # pylint: disable=broad-except
-        manifest.warn_skip(clip["path"], f"unreadable ({e})")
-        return None
+        return f"{type(e).__name__}: {e}"
 
 
 def prepare(
@@ -50,72 +67,81 @@ def prepare(
     *,
     resolution: int = 256,
     fps: float = 8.0,
-    max_frames: int = 32,
-    frame_buckets: tuple[int, ...] = (),
+    max_duration: float = 4.0,
     multiple: int = 32,
     max_aspect: float = 4.0,
     latent_encoder: str = "identity",
+    latent_encoder_path: str = "",
     caption_encoder: str = "minilm",
+    caption_encoder_path: str = "",
     system_prompt: str = encoders.DEFAULT_SYSTEM_PROMPT,
     system_prompts: dict[str, str] | None = None,
     records_per_shard: int = 1024,
     workers: int | None = None,
 ) -> dict:
-    """Prepares a folder or manifest into `output`; returns a summary dict.
+    """Prepares a folder or manifest into `output`; returns the summary: prepared.json's
+    fields plus `seconds`.
 
-    `system_prompts` maps source name -> prompt (others get `system_prompt`).
+    `system_prompts` maps source name -> prompt (others get `system_prompt`). Encoder
+    paths go to encoders.get_latent_encoder / get_caption_encoder ("" = their default).
     """
     t0 = time.time()
     workers = workers or os.cpu_count() or 1
+    latent = encoders.get_latent_encoder(latent_encoder, latent_encoder_path)
+    captions = encoders.get_caption_encoder(caption_encoder, caption_encoder_path)
     records, skipped = manifest.load_input(input_path)
+    res_buckets = bk.resolution_buckets(resolution, multiple, max_aspect)
+    items = []
+    for rec in records:
+        why = bk.skip_reason(rec, resolution, fps)
+        n = 0 if why else frames_to_encode(rec, fps, max_duration, latent.temporal)
+        if not why and n == 0:
+            why = ("too_short", f"{rec['duration']:.2f} s at {fps:g} fps leaves no latent "
+                                f"frame after the first")
+        if why:
+            manifest.skip(skipped, rec["path"], *why)
+            continue
+        hw = bk.closest_bucket(rec["height"], rec["width"], res_buckets)
+        items.append({**rec, "frames": n, "bucket_hw": hw})
+
     # OpenCV and FFmpeg release the GIL, so threads use every core.
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        scored = list(pool.map(_with_motion, records))
-    skipped += [r["path"] for r, s in zip(records, scored) if s is None]
-    records = [s for s in scored if s is not None]
-    os.makedirs(output, exist_ok=True)
-    manifest.write_manifest(os.path.join(output, "manifest.jsonl"), records)
-
-    prompts = {r["source"]: (system_prompts or {}).get(r["source"], system_prompt) for r in records}
-    clips = []
-    for media in ("video", "image"):
-        task = pipeline.Task(
-            sources=(),
-            media=media,
-            resolution=resolution,
-            fps=fps,
-            max_frames=max_frames,
-            frame_buckets=tuple(frame_buckets),
-            multiple=multiple,
-            max_aspect=max_aspect,
+        scored = []
+        for item, out in zip(items, pool.map(_with_motion, items)):
+            if isinstance(out, str):
+                manifest.skip(skipped, item["path"], "unreadable", out)
+            else:
+                scored.append(out)
+        os.makedirs(output, exist_ok=True)
+        manifest.write_manifest(
+            os.path.join(output, "manifest.jsonl"),
+            [{k: v for k, v in r.items() if k not in ("frames", "bucket_hw")} for r in scored],
         )
-        for name, prompt in prompts.items():
-            src = pipeline.Source(name, input_path, system_prompt=prompt)
-            clips += pipeline.assign_buckets(
-                task, [r for r in records if r["source"] == name], src, skipped
-            )
-
-    latent = encoders.LATENT_ENCODERS[latent_encoder]()
-    captions = encoders.get_caption_encoder(caption_encoder)
-    writer = shards.ShardWriter(output, records_per_shard)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for start in range(0, len(clips), 64):
-            chunk = clips[start : start + 64]
-            pixels = list(pool.map(lambda c: _pixels(c, fps), chunk))
-            feats = captions.encode([c["system_prompt"] + c["caption"] for c in chunk])
-            for clip, px, (cap, n) in zip(chunk, pixels, feats):
-                if px is None:
-                    skipped.append(clip["path"])
+        prompts = {
+            r["source"]: (system_prompts or {}).get(r["source"], system_prompt) for r in scored
+        }
+        writer = shards.ShardWriter(output, records_per_shard)
+        # Chunks of `workers` clips bound memory: whole clips are decoded at once.
+        for start in range(0, len(scored), workers):
+            chunk = scored[start : start + workers]
+            pixels = list(pool.map(lambda it: _pixels(it, fps), chunk))
+            feats = captions.encode([prompts[it["source"]] + it["caption"] for it in chunk])
+            for item, px, (cap, n) in zip(chunk, pixels, feats):
+                if isinstance(px, str):
+                    manifest.skip(skipped, item["path"], "unreadable", px)
                     continue
+                lat = latent.encode(px)
                 writer.write(
-                    shards.serialize(latent.encode(px), cap, n, clip["motion_score"]),
+                    shards.serialize(lat, cap, n, item.get("motion_score", -1.0)),
                     {
-                        "source": clip["source"],
-                        "media": clip["bucket"].split("_")[0],
-                        "bucket": clip["bucket"],
-                        "caption": clip["caption"],
-                        "path": clip["path"],
-                        "motion_score": clip["motion_score"],
+                        "source": item["source"],
+                        "media": item["media"],
+                        "caption": item["caption"],
+                        "path": item["path"],
+                        "motion_score": item.get("motion_score", -1.0),
+                        "frames": int(lat.shape[1]),
+                        "height": item["bucket_hw"][0],
+                        "width": item["bucket_hw"][1],
                     },
                 )
     null = {}
@@ -126,24 +152,27 @@ def prepare(
     summary = {
         "resolution": resolution,
         "fps": fps,
-        "max_frames": max_frames,
-        "frame_buckets": list(frame_buckets),
+        "max_duration": max_duration,
         "multiple": multiple,
         "max_aspect": max_aspect,
         "latent_encoder": latent_encoder,
+        "latent_encoder_path": latent_encoder_path,
         "latent_channels": latent.channels,
+        "latent_temporal": latent.temporal,
+        "latent_spatial": latent.spatial,
         "caption_encoder": caption_encoder,
-        "cap_feat_dim": encoders.CAPTION_DIMS[caption_encoder],
+        "caption_encoder_path": caption_encoder_path,
+        "cap_feat_dim": captions.dim,
         "system_prompts": prompts,
-        "skipped": sorted(set(skipped)),
+        "skip_counts": manifest.skip_counts(skipped),
+        "skipped": dict(sorted(skipped.items())),
     }
-    writer.close(summary)
-    summary.update(num_examples=writer.count, seconds=round(time.time() - t0, 2))
+    summary = {**writer.close(summary), "seconds": round(time.time() - t0, 2)}
     log.info(
-        "prepared %d examples into %s in %.1fs (%d files skipped)",
-        writer.count,
+        "prepared %d examples into %s in %.1fs; skipped %s",
+        summary["num_examples"],
         output,
         summary["seconds"],
-        len(summary["skipped"]),
+        summary["skip_counts"] or "none",
     )
     return summary

@@ -13,10 +13,14 @@ to Grain's integer proportions) and each source's clips are drawn uniformly what
 their bucket. Buckets and weights are computed from ALL clips before the host split, so
 every host (and every mp worker) walks the same bucket sequence: the global batch
 has one shape at every step. Mixes are keyed by name, so a checkpoint restores after
-a change of weights. Bad files (found at probe time, too short for the smallest frame
-bucket, or failing to decode mid-training) are skipped with one warning each and
-counted in `batch["num_skipped"]` (unique files, cumulative, part of the iterator
-state).
+a change of weights.
+
+A clip's bucket is (media, window length in latent frames, height, width); each draw
+takes a fresh random window (see `Task`). Skipped with one warning each and counted in
+`batch["num_skipped"]` (unique files, cumulative, part of the iterator state): files
+unreadable at probe time, too small or too low fps (raw path, same rules as prepare),
+too short for any window, or failing to load twice in a row mid-training. A stream that
+meets `Task.max_consecutive_failures` bad examples in a row raises DataError.
 """
 
 from __future__ import annotations
@@ -51,16 +55,30 @@ class Source:
     system_prompt: str = encoders.DEFAULT_SYSTEM_PROMPT
 
 
+MEDIA = ("video", "image")
+
+
+class DataError(ValueError):
+    """A task's data cannot produce batches (e.g. every file of a bucket fails to load)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """One data stream of the curriculum (media type, resolution, fps, batch size, mixture)."""
+    """One data stream of the curriculum (media type, resolution, fps, batch size, mixture).
+
+    Frames: each draw of a video takes a window at a random start. Its length in latent
+    frames is max_frames // T (T: the latent encoder's temporal compression; latent 0 of
+    a T > 1 clip is dropped first), cut to what the clip has and to a multiple of
+    `temporal_multiple`; with `frame_buckets`, the largest bucket that fits instead.
+    """
 
     sources: tuple[Source, ...]
     media: str = "video"  # video | image (F = 1)
-    resolution: int = 256  # bucket area ~ resolution**2 pixels
+    resolution: int = 256  # bucket area ~ resolution**2 pixels; smaller items are skipped
     fps: float = 8.0
-    max_frames: int = 32
-    frame_buckets: tuple[int, ...] = ()  # () -> bk.default_frame_buckets(max_frames)
+    max_frames: int = 32  # pixel frames per window
+    frame_buckets: tuple[int, ...] = ()  # allowed window lengths (latent frames); () any
+    temporal_multiple: int = 1  # window lengths are multiples of this (the model's pF)
     batch_size: int = 8
     multiple: int = 32  # bucket sides divisible by this (VAE 8 x patch 2 x 2)
     max_aspect: float = 4.0
@@ -74,21 +92,92 @@ class Task:
     seed: int = 0
     num_workers: int = 0  # >0: decode in that many processes (mp_prefetch)
     read_threads: int = 2  # threads per stream reading/decoding ahead
+    max_consecutive_failures: int = 64  # this many bad examples in a row: DataError
 
-    @property
-    def frames(self) -> tuple[int, ...]:
-        if self.media == "image":
-            return (1,)
-        return tuple(self.frame_buckets) or bk.default_frame_buckets(self.max_frames)
+
+def _check_fields(d: Mapping[str, Any], cls, where: str = "") -> None:
+    allowed = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ValueError(f"{where}unknown field(s) {unknown}; allowed: {allowed}")
 
 
 def task_from_dict(d: Mapping[str, Any]) -> Task:
     """Task from a plain dict/ConfigDict; `sources` is {name: {path, weight, system_prompt}}."""
     d = dict(d)
-    srcs = tuple(Source(name=k, **dict(v)) for k, v in dict(d.pop("sources")).items())
+    _check_fields(d, Task)
+    srcs = []
+    for name, fields in dict(d.pop("sources", {})).items():
+        fields = dict(fields)
+        _check_fields(fields, Source, f"sources.{name}: ")
+        srcs.append(Source(**{**fields, "name": name}))
     if "frame_buckets" in d:
         d["frame_buckets"] = tuple(d["frame_buckets"])
-    return Task(sources=srcs, **d)
+    return Task(sources=tuple(srcs), **d)
+
+
+def _need(ok: bool, field: str, problem: str) -> None:
+    if not ok:
+        raise ValueError(f"{field}: {problem}")
+
+
+def check_task(task: Task) -> None:
+    """Raises ValueError('<field>: <problem>') before any compute if the task cannot run.
+
+    Cheap: reads each prepared folder's prepared.json, never its examples or shards.
+    """
+    _need(task.media in MEDIA, "media", f"must be one of {list(MEDIA)} (got {task.media!r})")
+    for field in ("resolution", "fps", "max_frames", "batch_size", "multiple",
+                  "max_consecutive_failures"):
+        value = getattr(task, field)
+        _need(value > 0, field, f"must be > 0 (got {value})")
+    _need(task.resolution >= task.multiple, "resolution",
+          f"must be >= multiple={task.multiple} (got {task.resolution})")
+    _need(task.temporal_multiple >= 1, "temporal_multiple",
+          f"must be >= 1 (got {task.temporal_multiple})")
+    _need(all(b > 0 and b % task.temporal_multiple == 0 for b in task.frame_buckets),
+          "frame_buckets", f"must be positive multiples of temporal_multiple="
+          f"{task.temporal_multiple} (got {list(task.frame_buckets)})")
+    for field, known in (("latent_encoder", encoders.LATENT_ENCODERS),
+                         ("caption_encoder", encoders.CAPTION_ENCODERS)):
+        name = getattr(task, field)
+        _need(name in known, field, f"unknown encoder {name!r}; choose one of {sorted(known)}")
+    _need(bool(task.sources), "sources", "a task needs at least one source")
+    for src in task.sources:
+        _need(src.weight >= 0, "sources", f"{src.name!r} has weight {src.weight}; must be >= 0")
+        _need(os.path.exists(src.path), "sources",
+              f"{src.name!r} path {src.path!r} does not exist")
+    _need(any(s.weight > 0 for s in task.sources), "sources", "all weights are 0")
+    prepared = {s.path: shards.is_prepared(s.path) for s in task.sources}
+    _need(len(set(prepared.values())) == 1, "sources",
+          "a task's sources must be all prepared folders or all raw media")
+    temporal = encoders.LATENT_ENCODERS[task.latent_encoder].temporal
+    _need(any(prepared.values()) or temporal == 1, "latent_encoder",
+          f"{task.latent_encoder} compresses time ({temporal}x); raw media are encoded on the "
+          f"fly in pixel space only: prepare the data first (lumina-jax prepare "
+          f"--latent-encoder {task.latent_encoder} ...)")
+    for path in sorted(p for p, is_prep in prepared.items() if is_prep):
+        _check_prepared(task, path, shards.read_meta(path))
+
+
+def _check_prepared(task: Task, path: str, meta: dict) -> None:
+    missing = [k for k in shards.META_KEYS if k not in meta]
+    stale = meta.get("record_format") != shards.MAGIC.decode()
+    _need(not missing and not stale, "sources", f"{path} was prepared by an older version "
+          f"({missing or 'other record format'}): re-run lumina-jax prepare")
+    for key in ("resolution", "multiple") + (("fps",) if task.media == "video" else ()):
+        _need(float(meta[key]) == float(getattr(task, key)), key,
+              f"task has {getattr(task, key)} but {path} was prepared with {meta[key]}")
+    for key in ("latent_encoder", "caption_encoder"):
+        _need(meta[key] == getattr(task, key), key,
+              f"task has {getattr(task, key)!r} but {path} was prepared with {meta[key]!r}")
+    if task.media == "video":
+        stored = video.available_frames(meta["max_duration"], meta["fps"])
+        _need(stored >= task.max_frames, "max_frames",
+              f"{task.max_frames} frames at {task.fps:g} fps need "
+              f"{task.max_frames / task.fps:g} s, but {path} keeps at most "
+              f"{meta['max_duration']:g} s ({stored} frames): lower max_frames or re-run "
+              f"`lumina-jax prepare ... --max-duration {task.max_frames / task.fps:g}`")
 
 
 def _seed(*parts) -> int:
@@ -103,79 +192,79 @@ def _select(records: list[dict], name: str) -> list[dict]:
     return mine if mine else records
 
 
-def assign_buckets(task: Task, records: list[dict], src: Source, skipped: list[str]) -> list[dict]:
-    """Probed records of this task's media type -> clip dicts with their bucket key.
+def _windowed(task: Task, clip: dict, stored: int, temporal: int, skipped: dict) -> dict | None:
+    """The clip with its window bookkeeping and bucket; None (skipped) if no window fits.
 
-    Videos too short for the smallest frame bucket are skipped (one warning, counted).
+    `first`: index of the first usable latent; `usable`: latents from there on.
     """
+    if task.media == "image":
+        first, usable, f = 0, 1, 1
+    else:
+        usable = bk.usable_latents(stored, temporal)
+        first = stored - usable
+        f = bk.window_length(usable, task.max_frames, temporal, task.temporal_multiple,
+                             task.frame_buckets)
+    if f == 0:
+        shortest = min(task.frame_buckets or (task.temporal_multiple,))
+        manifest.skip(skipped, clip["path"], "too_short",
+                      f"{usable} usable latent frames, a window needs {shortest}")
+        return None
+    bucket = bk.bucket_key(task.media, f, clip["height"], clip["width"])
+    return {**clip, "first": first, "usable": usable, "bucket": bucket}
+
+
+def _raw_clips(task: Task, src: Source, skipped: dict, cache: dict) -> list[dict]:
+    if src.path not in cache:  # sources often share one manifest: read it once
+        cache[src.path] = manifest.load_input(src.path)
+        skipped.update(cache[src.path][1])
     res_buckets = bk.resolution_buckets(task.resolution, task.multiple, task.max_aspect)
     out = []
-    for rec in records:
+    for rec in _select(cache[src.path][0], src.name):
         if rec["media"] != task.media:
             continue
-        if task.media == "video":
-            avail = min(task.max_frames, video.available_frames(rec["duration"], task.fps))
-            f = bk.frame_bucket(avail, task.frames)
-            if f is None:
-                manifest.warn_skip(
-                    rec["path"],
-                    f"too short ({rec['duration']:.2f}s, needs "
-                    f"{min(task.frames)} frames at {task.fps:g} fps)",
-                )
-                skipped.append(rec["path"])
-                continue
-        else:
-            f = 1
+        why = bk.skip_reason(rec, task.resolution, task.fps)
+        if why:
+            manifest.skip(skipped, rec["path"], *why)
+            continue
         h, w = bk.closest_bucket(rec["height"], rec["width"], res_buckets)
-        out.append(
-            {
-                "kind": "raw",
-                "path": rec["path"],
-                "caption": rec.get("caption", ""),
-                "source": src.name,
-                "source_in_folder": rec.get("source", src.name),
-                "system_prompt": src.system_prompt,
-                "duration": float(rec.get("duration", 0.0)),
-                "motion_score": float(rec.get("motion_score", -1.0)),
-                "bucket": bk.bucket_key(task.media, f, h, w),
-            }
-        )
+        stored = video.available_frames(rec["duration"], task.fps) if task.media == "video" else 1
+        clip = {
+            "kind": "raw",
+            "path": rec["path"],
+            "caption": rec.get("caption", ""),
+            "source": src.name,
+            "system_prompt": src.system_prompt,
+            "motion_score": float(rec.get("motion_score", -1.0)),
+            "height": h,
+            "width": w,
+        }
+        clip = _windowed(task, clip, stored, 1, skipped)
+        if clip:
+            out.append(clip)
     return out
 
 
-def _raw_clips(task: Task, src: Source, skipped: list[str], cache: dict) -> list[dict]:
-    if src.path not in cache:  # sources often share one manifest: read it once
-        cache[src.path] = manifest.load_input(src.path)
-        skipped.extend(cache[src.path][1])
-    return assign_buckets(task, _select(cache[src.path][0], src.name), src, skipped)
-
-
-def _prepared_clips(task: Task, src: Source) -> tuple[list[dict], dict]:
+def _prepared_clips(task: Task, src: Source, skipped: dict) -> list[dict]:
     meta, examples = shards.read_prepared(src.path)
-    for key in ("resolution", "multiple") + (("fps",) if task.media == "video" else ()):
-        if float(meta[key]) != float(getattr(task, key)):
-            raise ValueError(
-                f"{src.path} was prepared with {key}={meta[key]}, task wants {getattr(task, key)}"
-            )
-    if meta["caption_encoder"] != task.caption_encoder:
-        raise ValueError(
-            f"{src.path} has {meta['caption_encoder']} captions, task wants {task.caption_encoder}"
-        )
     folder = os.path.abspath(src.path)
-    out = [
-        {
+    out = []
+    for ex in _select(examples, src.name):
+        if ex["media"] != task.media:
+            continue
+        clip = {
             "kind": "prepared",
             "folder": folder,
             "record": ex["record"],
             "path": ex["path"],
             "source": src.name,
             "source_in_folder": ex["source"],
-            "bucket": ex["bucket"],
+            "height": ex["height"],
+            "width": ex["width"],
         }
-        for ex in _select(examples, src.name)
-        if ex["media"] == task.media
-    ]
-    return out, meta
+        clip = _windowed(task, clip, ex["frames"], meta["latent_temporal"], skipped)
+        if clip:
+            out.append(clip)
+    return out
 
 
 def _host_share(clips: list[dict], index: int, count: int) -> list[dict]:
@@ -191,18 +280,24 @@ def _host_share(clips: list[dict], index: int, count: int) -> list[dict]:
 class _Loader:
     """random_map transform: clip dict + rng -> example dict, or {'skipped': path} if bad.
 
-    Runs in reader threads / mp workers; heavy state (latent encoder, ArrayRecord readers)
-    is created lazily in the process that uses it.
+    The rng (from Grain: seeded by the element's position) picks caption dropout, motion
+    dropout and the window start, so a restored iterator redraws the same windows. Runs in
+    reader threads / mp workers; ArrayRecord readers are opened lazily where used.
     """
 
     def __init__(self, task: Task):
         self.task = task
-        self._latent = None
         self._readers: dict[str, Any] = {}
-        self._null_caps: dict[str, dict] = {}
+        # Read here, in the main thread: np.load parses headers with the ast module,
+        # which is not thread-safe on CPython 3.11 (see shards.py).
+        self._null_caps = {
+            os.path.abspath(s.path): shards.read_null_captions(s.path)
+            for s in task.sources
+            if shards.is_prepared(s.path)
+        }
 
     def __getstate__(self):
-        return {"task": self.task, "_latent": None, "_readers": {}, "_null_caps": {}}
+        return {**self.__dict__, "_readers": {}}
 
     def _motion(self, score: float, rng: np.random.Generator) -> float:
         if self.task.media == "image":
@@ -212,47 +307,48 @@ class _Loader:
     def __call__(self, clip: dict, rng: np.random.Generator) -> dict:
         keep_caption = rng.random() < self.task.caption_keep_prob
         motion_rng = np.random.default_rng(rng.integers(2**31))
-        try:
-            if clip["kind"] == "prepared":
-                ex = self._load_prepared(clip, keep_caption)
-            else:
-                ex = self._load_raw(clip, rng, keep_caption)
-        except Exception as e:  # pylint: disable=broad-except
-            # Any failure on one file (corrupt, truncated, codec error) must not stop training.
-            return {"skipped": clip["path"], "reason": f"{type(e).__name__}: {e}"}
+        f = bk.parse_bucket_key(clip["bucket"])[1]
+        start = int(rng.integers(0, clip["usable"] - f + 1))
+        load = self._load_prepared if clip["kind"] == "prepared" else self._load_raw
+        error = None
+        for _ in range(2):  # one retry: a transient read error is not a bad file
+            try:
+                ex = load(clip, start, f, keep_caption)
+                break
+            except Exception as e:  # pylint: disable=broad-except
+                error = e  # corrupt, truncated, codec error: never stop training
+        else:
+            return {"skipped": clip["path"], "source": clip["source"],
+                    "reason": f"{type(error).__name__}: {error}"}
         ex["motion_score"] = np.float32(self._motion(ex["motion_score"], motion_rng))
         ex["source"] = clip["source"]
         ex["path"] = clip["path"]
         return ex
 
-    def _load_raw(self, clip: dict, rng: np.random.Generator, keep_caption: bool) -> dict:
-        _, f, h, w = bk.parse_bucket_key(clip["bucket"])
+    def _load_raw(self, clip: dict, start: int, f: int, keep_caption: bool) -> dict:
+        _, _, h, w = bk.parse_bucket_key(clip["bucket"])
         if self.task.media == "image":
-            if video.media_type(clip["path"]) == "image":
-                frames = video.read_image(clip["path"])[None]
-            else:
-                frames = video.read_frames(clip["path"], 1.0, 1)
+            frames = video.read_image(clip["path"])[None]
         else:
-            slack = max(0.0, clip["duration"] - f / self.task.fps)
-            frames = video.read_frames(
-                clip["path"], self.task.fps, f, start=float(rng.uniform(0, slack))
-            )
-        if self._latent is None:
-            self._latent = encoders.LATENT_ENCODERS[self.task.latent_encoder]()
-        latents = self._latent.encode(bk.resize_crop(frames, h, w))
+            frames = video.read_frames(clip["path"], self.task.fps, f, start=start / self.task.fps)
+        latent = encoders.get_latent_encoder(self.task.latent_encoder)
         text = clip["system_prompt"] + (clip["caption"] if keep_caption else "")
-        return {"latents": latents, "caption": text, "motion_score": clip["motion_score"]}
+        return {"latents": latent.encode(bk.resize_crop(frames, h, w)), "caption": text,
+                "motion_score": clip["motion_score"]}
 
-    def _load_prepared(self, clip: dict, keep_caption: bool) -> dict:
+    def _load_prepared(self, clip: dict, start: int, f: int, keep_caption: bool) -> dict:
         folder = clip["folder"]
         if folder not in self._readers:
-            meta, _ = shards.read_prepared(folder)
+            meta = shards.read_meta(folder)
             self._readers[folder] = grain.sources.ArrayRecordDataSource(
                 [os.path.join(folder, s) for s in meta["shards"]]
             )
-            with np.load(os.path.join(folder, shards.NULL_CAPTIONS)) as z:
-                self._null_caps[folder] = {k: z[k] for k in z.files}
         ex = shards.deserialize(self._readers[folder][clip["record"]])
+        lat, i = ex["latents"], clip["first"] + start
+        if lat.shape[1] != clip["first"] + clip["usable"]:
+            raise ValueError(f"record has {lat.shape[1]} latent frames, examples.jsonl says "
+                             f"{clip['first'] + clip['usable']}")
+        ex["latents"] = lat[:, i : i + f]  # float16: _Collate converts while it stacks
         if not keep_caption:  # system prompt alone, encoded at prepare time
             null, src = self._null_caps[folder], clip["source_in_folder"]
             ex["cap_feats"], ex["cap_len"] = null[src].astype(np.float32), int(null[src + "__len"])
@@ -263,27 +359,39 @@ class _Loader:
 
 
 class _DropSkippedIterDataset(grain.IterDataset):
-    """Drops {'skipped': path} markers; their paths ride along on the next good example."""
+    """Drops {'skipped': path} markers; their paths ride along on the next good example.
+
+    `limit` markers in a row raise DataError: a stream of only bad files must not spin.
+    """
+
+    def __init__(self, parent, limit: int, where: str):
+        super().__init__(parent)
+        self._limit, self._where = limit, where
 
     def __iter__(self):
-        return _DropSkippedIterator(self._parent.__iter__())
+        return _DropSkippedIterator(self._parent.__iter__(), self._limit, self._where)
 
 
 class _DropSkippedIterator(grain.DatasetIterator):
-    def __init__(self, parent):
+    def __init__(self, parent, limit: int, where: str):
         super().__init__(parent)
-        self._pending: list[str] = []
+        self._limit, self._where = limit, where
+        self._pending: list[tuple[str, str]] = []
 
     def __next__(self):
-        while True:
+        for _ in range(self._limit):
             ex = next(self._parent)
-            if "skipped" in ex:
-                log.debug("bad file %s: %s", ex["skipped"], ex["reason"])
-                self._pending.append((ex["skipped"], ex["reason"]))
-                continue
-            ex = dict(ex, skipped_files=self._pending)
-            self._pending = []
-            return ex
+            if "skipped" not in ex:
+                ex = dict(ex, skipped_files=self._pending)
+                self._pending = []
+                return ex
+            log.debug("bad file %s: %s", ex["skipped"], ex["reason"])
+            self._pending.append((ex["skipped"], ex["reason"]))
+        raise DataError(
+            f"{self._where}: {self._limit} examples in a row failed to load; last: source "
+            f"{ex['source']!r}, {ex['skipped']}: {ex['reason']} (fix or remove the bad files, "
+            f"or raise max_consecutive_failures)"
+        )
 
     def get_state(self):
         return {"parent": self._parent.get_state(), "pending": [list(p) for p in self._pending]}
@@ -315,8 +423,12 @@ class _Collate:
         self.task, self.bucket = task, bucket
 
     def __call__(self, exs: Sequence[dict]) -> dict:
+        # One pass: float16 windows are converted as they are copied into the batch.
+        latents = np.empty((len(exs),) + exs[0]["latents"].shape, np.float32)
+        for i, e in enumerate(exs):
+            latents[i] = e["latents"]
         batch = {
-            "latents": np.stack([e["latents"] for e in exs]),
+            "latents": latents,
             "motion_score": np.asarray([e["motion_score"] for e in exs], np.float32),
             "source": np.asarray([e["source"] for e in exs]),
             "path": np.asarray([e["path"] for e in exs]),
@@ -398,21 +510,20 @@ class TaskPlan:
     groups: dict[str, dict[str, list[dict]]]
     bucket_weights: dict[str, float]
     source_weights: dict[str, dict[str, float]]
-    skipped: list[str]
+    skipped: dict[str, str]  # path -> reason (unreadable, too_small, low_fps, too_short)
 
 
 def plan_task(task: Task) -> TaskPlan:
-    """Loads every source's clip list, assigns buckets and computes mixing weights."""
-    skipped: list[str] = []
+    """Checks the task, loads every source's clip list, assigns buckets and weights."""
+    check_task(task)
+    skipped: dict[str, str] = {}
     per_source: dict[str, list[dict]] = {}
     loaded: dict[str, tuple] = {}
-    if len({shards.is_prepared(s.path) for s in task.sources}) > 1:
-        raise ValueError("a task's sources must be all prepared folders or all raw media")
     for src in task.sources:
-        if src.weight <= 0:  # weight 0 switches a source off (Grain's mix rejects it)
+        if src.weight == 0:  # weight 0 switches a source off (Grain's mix rejects it)
             continue
         if shards.is_prepared(src.path):
-            clips, _ = _prepared_clips(task, src)
+            clips = _prepared_clips(task, src, skipped)
         else:
             clips = _raw_clips(task, src, skipped, loaded)
         if clips:
@@ -420,7 +531,8 @@ def plan_task(task: Task) -> TaskPlan:
         else:
             log.warning("source %s has no %s clips in %s", src.name, task.media, src.path)
     if not per_source:
-        raise ValueError(f"no usable {task.media} clips in any source of {task}")
+        raise DataError(f"no usable {task.media} clips in any source of {task} (skipped: "
+                        f"{manifest.skip_counts(skipped)})")
     weight = {s.name: s.weight for s in task.sources}
     groups: dict[str, dict[str, list[dict]]] = {}
     for name, clips in per_source.items():
@@ -431,6 +543,8 @@ def plan_task(task: Task) -> TaskPlan:
         for b, g in sorted(groups.items())
     }
     bucket_weights = {b: sum(w.values()) for b, w in source_weights.items()}
+    log.info("%s task: %d clips in %d buckets; skipped %s", task.media,
+             sum(map(len, per_source.values())), len(groups), manifest.skip_counts(skipped))
     return TaskPlan(groups, bucket_weights, source_weights, skipped)
 
 
@@ -462,7 +576,8 @@ def make_dataset(
             if len(streams) > 1
             else next(iter(streams.values()))
         )
-        per_bucket[b] = _DropSkippedIterDataset(mixed).batch(
+        where = f"{task.media} task, bucket {b}"
+        per_bucket[b] = _DropSkippedIterDataset(mixed, task.max_consecutive_failures, where).batch(
             task.batch_size, drop_remainder=True, batch_fn=_Collate(task, b)
         )
     ds = (

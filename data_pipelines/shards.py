@@ -1,18 +1,25 @@
 """ArrayRecord shards of prepared examples.
 
-A record is an .npz (no pickle) of: latents float32 [C, F, H, W] (stored as float16 to
-halve the cache), cap_feats float32 [L, D], cap_len int, motion_score float32.
+A record holds: latents [C, F, H, W] (float16, half the cache; ALL latents of the clip,
+F = `frames`), cap_feats [L, D] (float16), cap_len int32, motion_score float32; as
+MAGIC, a uint32 header length, a JSON header {name: [dtype, shape, offset]} and the raw
+arrays, read back as zero-copy views. No pickle, and no .npy header parsing: numpy
+parses those with ast.literal_eval, which on CPython 3.11 races with any other thread's
+use of the ast module (SystemError "AST constructor recursion depth mismatch") while
+the reader threads load examples.
 A prepared folder holds `shard-XXXXX.array_record`, `examples.jsonl` (one line per record,
-in global record order: source, media, bucket, caption, path, motion_score),
-`null_captions.npz` (features of each source's system prompt alone, for caption
-dropout) and `prepared.json` (encoders, fps, resolution, buckets).
+in global record order: source, media, caption, path, motion_score, frames (stored
+latent frames), height and width (the bucket, pixels)), `null_captions.npz` (features of
+each source's system prompt alone, for caption dropout) and `prepared.json` (META_KEYS:
+encoders and their paths, latent shape factors, fps, max_duration, bucket settings;
+plus skip counts, shards, num_examples).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import struct
 
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
@@ -20,30 +27,61 @@ from array_record.python.array_record_module import ArrayRecordWriter
 PREPARED_META = "prepared.json"
 EXAMPLES = "examples.jsonl"
 NULL_CAPTIONS = "null_captions.npz"
+# What a training task checks against (pipeline.check_task); prepare writes them all.
+META_KEYS = (
+    "resolution", "fps", "max_duration", "multiple", "max_aspect",
+    "latent_encoder", "latent_encoder_path", "latent_channels", "latent_temporal",
+    "latent_spatial", "caption_encoder", "caption_encoder_path", "cap_feat_dim",
+    "record_format",
+)
+
+
+MAGIC = b"LJR1"  # also prepared.json's record_format
 
 
 def serialize(
     latents: np.ndarray, cap_feats: np.ndarray, cap_len: int, motion_score: float
 ) -> bytes:
-    buf = io.BytesIO()
-    np.savez(
-        buf,
-        latents=latents.astype(np.float16),
-        cap_feats=cap_feats.astype(np.float16),
-        cap_len=np.int32(cap_len),
-        motion_score=np.float32(motion_score),
-    )
-    return buf.getvalue()
+    arrays = {
+        "latents": latents.astype(np.float16),
+        "cap_feats": cap_feats.astype(np.float16),
+        "cap_len": np.int32(cap_len),
+        "motion_score": np.float32(motion_score),
+    }
+    header, blobs, offset = {}, [], 0
+    for name, a in arrays.items():
+        blob = np.ascontiguousarray(a).tobytes()
+        blob += b"\0" * (-len(blob) % 8)  # keep every array 8-byte aligned
+        header[name] = [a.dtype.str, list(a.shape), offset]
+        blobs.append(blob)
+        offset += len(blob)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    return MAGIC + struct.pack("<I", len(head)) + head + b"".join(blobs)
 
 
 def deserialize(data: bytes) -> dict:
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return {
-            "latents": z["latents"].astype(np.float32),
-            "cap_feats": z["cap_feats"].astype(np.float32),
-            "cap_len": int(z["cap_len"]),
-            "motion_score": float(z["motion_score"]),
-        }
+    """The record's arrays; latents stay a read-only float16 view (callers convert the
+    part they use)."""
+    if data[:4] != MAGIC:
+        raise ValueError("not a record of this version: re-run lumina-jax prepare")
+    base = 8 + struct.unpack("<I", data[4:8])[0]
+    z = {
+        name: np.frombuffer(data, dtype, int(np.prod(shape)), base + offset).reshape(shape)
+        for name, (dtype, shape, offset) in json.loads(data[8:base]).items()
+    }
+    return {
+        "latents": z["latents"],
+        "cap_feats": z["cap_feats"].astype(np.float32),
+        "cap_len": int(z["cap_len"]),
+        "motion_score": float(z["motion_score"]),
+    }
+
+
+def read_null_captions(folder: str) -> dict[str, np.ndarray]:
+    """{source: float16 [L, D], source + '__len': int32} of a prepared folder."""
+    with np.load(os.path.join(folder, NULL_CAPTIONS)) as z:
+        return {k: z[k] for k in z.files}
 
 
 class ShardWriter:
@@ -71,17 +109,27 @@ class ShardWriter:
             self._writer.close()
             self._writer = None
 
-    def close(self, meta: dict) -> None:
+    def close(self, meta: dict) -> dict:
+        """Finishes the shards and writes prepared.json (`meta` plus format, shards and
+        count); returns what it wrote."""
         self._close_shard()
         self._examples.close()
+        meta = {**meta, "record_format": MAGIC.decode(), "shards": self.shards,
+                "num_examples": self.count}
         with open(os.path.join(self.folder, PREPARED_META), "w") as f:
-            json.dump({**meta, "shards": self.shards, "num_examples": self.count}, f, indent=1)
+            json.dump(meta, f, indent=1)
+        return meta
+
+
+def read_meta(folder: str) -> dict:
+    """prepared.json alone (cheap: no examples)."""
+    with open(os.path.join(folder, PREPARED_META)) as f:
+        return json.load(f)
 
 
 def read_prepared(folder: str) -> tuple[dict, list[dict]]:
     """(meta, examples) of a prepared folder; example i is record i across the shards."""
-    with open(os.path.join(folder, PREPARED_META)) as f:
-        meta = json.load(f)
+    meta = read_meta(folder)
     with open(os.path.join(folder, EXAMPLES)) as f:
         examples = [json.loads(line) for line in f if line.strip()]
     for i, ex in enumerate(examples):

@@ -90,22 +90,25 @@ def test_bad_files_raise_decode_error(tmp_path):
         video.read_frames(path, 8, 8, start=1.0)
 
 
-def test_resolution_buckets():
+def test_resolution_buckets_and_crop():
     bks = bk.resolution_buckets(256, 32)
-    assert (256, 256) in bks
     for h, w in bks:
         assert h % 32 == 0 and w % 32 == 0
-        assert 0.6 * 256**2 < h * w < 1.4 * 256**2
+        assert 0.75 * 256**2 <= h * w <= 256**2  # the staircase under (256 / 32)**2 patches
         assert max(h / w, w / h) <= 4.0 + 1e-6
     assert max(w / h for h, w in bks) == pytest.approx(4.0)
     assert min(w / h for h, w in bks) == pytest.approx(0.25)
     h, w = bk.closest_bucket(1080, 1920, bks)
-    assert abs(math.log(w / h) - math.log(16 / 9)) < 0.15
-    assert bk.closest_bucket(500, 4000, bks) == (128, 512)
+    assert abs(math.log(w / h) - math.log(16 / 9)) < 0.1
+    assert bk.closest_bucket(500, 4000, bks) == (128, 512)  # beyond 4:1 clamps to 4:1
     assert bk.closest_bucket(1920, 1080, bks) == bk.closest_bucket(1080, 1920, bks)[::-1]
-    assert bk.frame_bucket(20, (8, 16, 32)) == 16 and bk.frame_bucket(5, (8, 16)) is None
     out = bk.resize_crop(np.zeros((3, 1080, 1920, 3), np.uint8), h, w)
     assert out.shape == (3, h, w, 3)
+    # Cover then centre crop: a centred 16:9 box keeps its centre.
+    img = np.zeros((1, 90, 160, 3), np.uint8)
+    img[:, 40:50, 75:85] = 255
+    out = bk.resize_crop(img, 64, 64)[0, ..., 0]
+    assert out[32, 32] == 255 and out[0, 0] == 0 and out[32, 5] == 0
 
 
 def test_motion_score_orders_motion(tmp_path):

@@ -15,7 +15,7 @@ from data_pipelines import buckets as bk  # noqa: E402
 from data_pipelines import cli, demo, manifest, offline, shards  # noqa: E402
 from data_pipelines import pipeline as P  # noqa: E402
 
-RES, FPS, FRAMES = 64, 8, 8  # buckets of ~64x64 px, sides divisible by 16; 1 s clips
+RES, FPS, FRAMES = 48, 8, 8  # buckets of <= 48x48 px, sides divisible by 16; 1 s windows
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +86,9 @@ def test_raw_pipeline_buckets_timestamps_and_bad_files(raw, caplog, monkeypatch)
     task = _task(root)
     caplog.set_level(logging.WARNING, logger="data_pipelines")
     plan = P.plan_task(task)
-    assert set(plan.skipped) == {bad["corrupt"], bad["empty"], bad["short"]}
-    assert sorted(plan.groups) == ["video_8x48x64", "video_8x80x64"]  # landscape, portrait
+    assert plan.skipped == {bad["corrupt"]: "unreadable", bad["empty"]: "unreadable",
+                            bad["short"]: "too_short"}
+    assert sorted(plan.groups) == ["video_8x32x48", "video_8x48x32"]  # landscape, portrait
     it = P.make_iterator(task, 0, 1)
     seen = set()
     for _ in range(40):  # until every kind of file was met and the truncated one hit
@@ -102,7 +103,7 @@ def test_raw_pipeline_buckets_timestamps_and_bad_files(raw, caplog, monkeypatch)
                 idx = [fx.frame_index(p) for p in pixels]
                 assert np.all(np.diff(idx) == 3), idx
             if "rot" in path:
-                assert batch["bucket"] == "video_8x80x64"
+                assert batch["bucket"] == "video_8x48x32"
     assert {"land0.mp4", "port0.webm", "gif0.gif", "vfr0.mp4", "rot0.mp4"} <= seen
     assert "still.png" not in seen  # images are a task of their own
     # The truncated file fails at decode time: skipped, warned once, counted.
@@ -114,7 +115,7 @@ def test_raw_pipeline_buckets_timestamps_and_bad_files(raw, caplog, monkeypatch)
 def test_image_task(raw):
     task = _task(raw[0], media="image", weights=(("alpha", 1.0),), batch_size=2)
     batch = next(P.make_iterator(task, 0, 1))
-    assert batch["latents"].shape == (2, 3, 1, 48, 64) and batch["media"] == "image"
+    assert batch["latents"].shape == (2, 3, 1, 32, 48) and batch["media"] == "image"
     assert (batch["motion_score"] == 0.0).all()
 
 
@@ -132,10 +133,8 @@ def prepared(raw, tmp_path_factory):
             str(RES),
             "--fps",
             str(FPS),
-            "--max-frames",
-            str(FRAMES),
-            "--frame-buckets",
-            str(FRAMES),
+            "--max-duration",
+            "1.5",
             "--multiple",
             "16",
             "--records-per-shard",
@@ -147,16 +146,27 @@ def prepared(raw, tmp_path_factory):
 
 def test_prepare_writes_shards_and_manifest(prepared, raw):
     meta, examples = shards.read_prepared(prepared)
-    assert meta["num_examples"] == len(examples) == 14  # 13 good videos + 1 image
+    assert meta["num_examples"] == len(examples) == 15  # 13 good + 1 short video, 1 image
     assert len(meta["shards"]) == 2 and meta["cap_feat_dim"] == 384
-    assert set(meta["skipped"]) == set(raw[1].values())
+    bad = raw[1]
+    assert meta["skipped"] == {bad[k]: "unreadable" for k in ("corrupt", "empty", "truncated")}
+    assert meta["skip_counts"] == {"unreadable": 3}
+    # Whole clips from frame 0, at most 1.5 s: 12 frames at 8 fps; the 0.2 s clip has 1
+    # frame (kept: whether it fits a window is the training task's call).
+    frames = {os.path.basename(e["path"]): e["frames"] for e in examples}
+    assert frames.pop("short.mp4") == frames.pop("still.png") == 1
+    assert set(frames.values()) == {12}  # every other clip lasts 1.6 s or more
     recs = manifest.read_manifest(os.path.join(prepared, "manifest.jsonl"))
     scores = {os.path.basename(r["path"]): r["motion_score"] for r in recs if r["media"] == "video"}
     assert all(s >= 0 for s in scores.values())
     assert {e["caption"] for e in examples} >= {"caption of land0", "caption of gif0", "port1"}
-    task = _task(prepared)
+    task = _task(prepared, max_frames=FRAMES)
+    plan = P.plan_task(task)
+    assert plan.skipped == {bad["short"]: "too_short"}
     batch = next(P.make_iterator(task, 0, 1))
     _check_batch(batch, task)
+    with pytest.raises(ValueError, match="max_frames: 16 frames at 8 fps need 2 s"):
+        P.plan_task(_task(prepared, max_frames=16, frame_buckets=()))
 
 
 def _count_sources(it, n_batches):
@@ -252,12 +262,11 @@ def test_demo_dataset(tmp_path):
         str(tmp_path / "prepared"),
         resolution=32,
         fps=8,
-        max_frames=16,
-        frame_buckets=(16,),
         multiple=16,
         system_prompts=demo.DEMO_PROMPTS,
     )
     assert summary["num_examples"] == len(sub) and not summary["skipped"]
+    assert {e["frames"] for e in shards.read_prepared(str(tmp_path / "prepared"))[1]} == {1, 16}
     meta, examples = shards.read_prepared(str(tmp_path / "prepared"))
     scores = {e["caption"]: e["motion_score"] for e in examples}
     assert scores["a red square moving left quickly"] > scores["a red square moving left slowly"]
