@@ -85,14 +85,19 @@ def _run_train(args) -> int:
 
 def _register_sample(subparsers) -> None:
     p = subparsers.add_parser(
-        "sample", help="generate videos from a training workdir's EMA weights (mp4 + GIF)")
+        "sample", help="generate videos from a training workdir's EMA weights (latents npz, "
+                       "decoded mp4 + GIF)")
     p.add_argument("--checkpoint", required=True, help="training workdir")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--prompt", action="append", default=None,
                    help="a prompt (repeatable); default: the config's sample prompts")
-    p.add_argument("--out", default=None, help="output folder (default: WORKDIR/samples)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: a new WORKDIR/samples/step<N>_<time> per call)")
     p.add_argument("--weights", choices=("ema", "params"), default="ema")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--system-prompt", default=None,
+                   help="prepended to every prompt and the negative one (default: the run's)")
+    p.add_argument("--negative-prompt", default=None, help="default: the run's")
     p.add_argument("--num-steps", type=int, default=None, help="Euler steps")
     p.add_argument("--cfg", type=float, default=None, help="constant CFG scale")
     p.add_argument("--motion", type=float, default=None, help="positive motion score")
@@ -106,35 +111,52 @@ def _register_sample(subparsers) -> None:
 def _run_sample(args) -> int:
     import dataclasses
     import os
+    import time
 
     from lumina_jax.train import samples
     from lumina_jax.train.loop import load_run, sample_spec
 
     exp, state = load_run(args.checkpoint, args.step)
-    spec = sample_spec(exp.config) or samples.SampleSpec(prompts=(), frames=8, height=32,
-                                                         width=32)
+    step = int(state["step"])
+    print(f"checkpoint step {step} of {args.checkpoint}, "
+          f"{'EMA' if args.weights == 'ema' else 'raw (non-EMA)'} weights")
+    spec = sample_spec(exp.config, exp, prompts=args.prompt)
+    if spec is None:
+        raise SystemExit("sample: give --prompt (the config has no sample prompts)")
     settings = dict(spec.settings)
     for name, value in (("num_steps", args.num_steps), ("cfg", args.cfg),
                         ("motion", args.motion)):
         if value is not None:
             settings[name] = value
     changes = {"settings": settings}
-    if args.prompt:
-        changes["prompts"] = tuple(args.prompt)
-    if args.seed is not None:
-        changes["seed"] = args.seed
+    for name in ("seed", "system_prompt", "negative_prompt"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
     if args.preset is not None:
         changes["preset"] = args.preset
     if args.size is not None:
         changes["frames"], changes["height"], changes["width"] = args.size
     spec = dataclasses.replace(spec, **changes)
-    if not spec.prompts:
-        raise SystemExit("sample: give --prompt (the config has no sample prompts)")
     latents = samples.generate(exp.model, state[args.weights], spec)
-    out = args.out or os.path.join(args.checkpoint, "samples")
-    paths = samples.write_samples(samples.to_frames(latents), spec.prompts, out, spec.fps)
+    out = args.out or _new_folder(os.path.join(
+        args.checkpoint, "samples", f"step{step:07d}_{time.strftime('%Y%m%d-%H%M%S')}"))
+    paths, _ = samples.save_samples(latents, spec, out)
     print("\n".join(paths))
     return 0
+
+
+def _new_folder(path: str) -> str:
+    """Create `path` (or `path_2`, ... if taken), so earlier samples are never overwritten."""
+    import os
+
+    candidate, n = path, 1
+    while True:
+        try:
+            os.makedirs(candidate)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{path}_{n}"
 
 
 def _register_export(subparsers) -> None:

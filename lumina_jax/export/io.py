@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from lumina_jax.export.state_dict import (expected_shapes, from_torch, model_args,
-                                          strip_prefix, to_torch)
+                                          strip_compile_mark, to_torch)
 from lumina_jax.model.config import ModelConfig
 
 CONSOLIDATED = "consolidated.00-of-01"
@@ -112,9 +112,9 @@ def read_state_dict(path: str):
         shapes, get = read_pth(path)
     else:
         raise ValueError(f"{path}: expected a .safetensors or .pth file")
-    names = {strip_prefix(k): k for k in shapes}
+    names = {strip_compile_mark(k): k for k in shapes}
     if len(names) != len(shapes):
-        raise ValueError(f"{path}: keys collide once the '_orig_mod.' prefix is removed")
+        raise ValueError(f"{path}: keys collide once '_orig_mod.' is removed")
     return {c: shapes[k] for c, k in names.items()}, lambda c: get(names[c])
 
 

@@ -29,7 +29,9 @@ RENAMES = {
     "adaLN_modulation": "adaLN_modulation.1",  # torch: Sequential(SiLU, Linear)
     "kernel": "weight",
 }
-COMPILE_PREFIX = "_orig_mod."  # added to every key by torch.compile'd models
+# torch.compile wraps modules: keys gain "_orig_mod." in front of the model or of each
+# compiled block (`layers.3._orig_mod.attention...`); the official loaders drop it anywhere.
+COMPILE_MARK = "_orig_mod."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +122,8 @@ def to_torch(params, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
         yield e.name, np.ascontiguousarray(arr)
 
 
-def strip_prefix(name: str) -> str:
-    return name[len(COMPILE_PREFIX):] if name.startswith(COMPILE_PREFIX) else name
+def strip_compile_mark(name: str) -> str:
+    return name.replace(COMPILE_MARK, "")
 
 
 def check_shapes(found: Mapping[str, tuple[int, ...]], cfg: ModelConfig, source: str = "file"):

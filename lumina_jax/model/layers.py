@@ -21,6 +21,9 @@ xavier_uniform = nnx.initializers.xavier_uniform()
 normal_002 = nnx.initializers.normal(0.02)
 zeros = nnx.initializers.zeros
 ones = nnx.initializers.ones
+# torch.nn.LayerNorm's default eps: the official LayerNorms (qk norms, caption pooling)
+# keep it whatever norm_eps is; norm_eps applies to the RMSNorms only (REFERENCE.md §7).
+TORCH_LN_EPS = 1e-5
 
 
 def param(rngs: nnx.Rngs, init, shape, axes, dtype) -> nnx.Param:
@@ -129,7 +132,7 @@ class Attention(nnx.Module):
         self.wv_y = Dense(cfg.cap_feat_dim, kv, ("cap_embed", "kv_heads"), **kw)
         self.wo = Dense(cfg.n_heads * hd, d, ("heads", "embed"), **kw)
         self.gate = param(rngs, zeros, (cfg.n_heads,), ("heads",), cfg.jnp_dtype("param_dtype"))
-        ln = dict(eps=1e-5, cfg=cfg, rngs=rngs)
+        ln = dict(eps=TORCH_LN_EPS, cfg=cfg, rngs=rngs)
         self.q_norm = LayerNorm(cfg.n_heads * hd, "heads", **ln)
         self.k_norm = LayerNorm(kv, "kv_heads", **ln)
         self.ky_norm = LayerNorm(kv, "kv_heads", **ln)

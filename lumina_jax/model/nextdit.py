@@ -63,7 +63,7 @@ class NextDiT(nnx.Module):
             for ps in cfg.patch_sizes})
         self.t_embedder = L.TimestepEmbedder(cfg, rngs=rngs)
         self.motion_embedder = L.TimestepEmbedder(cfg, zero_out=True, rngs=rngs)
-        self.cap_embedder_norm = L.LayerNorm(cfg.cap_feat_dim, "cap_embed", eps=cfg.norm_eps,
+        self.cap_embedder_norm = L.LayerNorm(cfg.cap_feat_dim, "cap_embed", eps=L.TORCH_LN_EPS,
                                              cfg=cfg, rngs=rngs)
         self.cap_embedder_linear = L.Dense(cfg.cap_feat_dim, cfg.adaln_dim, ("cap_embed", "adaln"),
                                            init=L.zeros, cfg=cfg, rngs=rngs)

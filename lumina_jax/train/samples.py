@@ -1,4 +1,5 @@
-"""Sampling from trained weights: prompts -> caption features -> Euler ODE -> mp4/GIF.
+"""Sampling from trained weights: prompts -> caption features -> Euler ODE -> latents
+(saved as npz) -> decoder (identity or the CogVideoX VAE) -> mp4/GIF.
 
 Used by the trainer (fixed prompts and seeds, EMA weights) and by `lumina-jax sample`.
 """
@@ -21,7 +22,7 @@ from lumina_jax.model import ModelConfig, NextDiT
 
 @dataclasses.dataclass(frozen=True)
 class SampleSpec:
-    """What to generate: latent shape, prompts, seeds, and the sampler settings."""
+    """What to generate: latent shape, prompts, seeds, sampler settings and the codecs."""
     prompts: tuple[str, ...]
     frames: int
     height: int
@@ -29,6 +30,9 @@ class SampleSpec:
     seed: int = 0
     fps: float = 8.0
     caption_encoder: str = "minilm"
+    caption_encoder_path: str = ""
+    latent_decoder: str = "identity"  # an encoders.LATENT_ENCODERS name
+    latent_decoder_path: str = ""
     system_prompt: str = ""      # prepended to every prompt, the negative one included
     negative_prompt: str = ""
     settings: dict = dataclasses.field(default_factory=dict)  # SampleSettings fields
@@ -40,27 +44,29 @@ class SampleSpec:
         return SampleSettings(**self.settings)
 
 
-def encode_prompts(texts, encoder_name: str):
+def encode_prompts(texts, encoder_name: str, path: str = ""):
     """Caption features `[N, L, D]` and mask `[N, L]` for full texts (system prompt included)."""
     from data_pipelines.encoders import get_caption_encoder
     from data_pipelines.pipeline import pad_captions
 
-    encoder = get_caption_encoder(encoder_name)
+    encoder = get_caption_encoder(encoder_name, path)
     encoded = encoder.encode(list(texts))
     return pad_captions([f for f, _ in encoded], [n for _, n in encoded], 0, encoder.max_len)
 
 
 def generate(model_cfg: ModelConfig, params, spec: SampleSpec, progress: bool = True) -> np.ndarray:
     """Latents `[N, C, F, H, W]` for every prompt of `spec` (seed + prompt index)."""
-    model = NextDiT(model_cfg, rngs=nnx.Rngs(0))
+    # Abstract model (no initialisers run: on CPU they cost more than a short sample).
+    model = nnx.eval_shape(lambda: NextDiT(model_cfg, rngs=nnx.Rngs(0)))
     nnx.update(model, params)
     velocity_fn, state = nnx_velocity_fn(model)
-    feats, mask = encode_prompts([spec.system_prompt + p for p in spec.prompts],
-                                 spec.caption_encoder)
+    encode = lambda texts: encode_prompts([spec.system_prompt + t for t in texts],
+                                          spec.caption_encoder, spec.caption_encoder_path)
+    feats, mask = encode(spec.prompts)
     settings = spec.sample_settings()
     neg = {}
     if any(step.cfg != 0 for step in plan(settings)):
-        nf, nm = encode_prompts([spec.system_prompt + spec.negative_prompt], spec.caption_encoder)
+        nf, nm = encode([spec.negative_prompt])
         neg = dict(neg_cap_feats=jnp.asarray(nf[0]), neg_cap_mask=jnp.asarray(nm[0]))
     keys = [jax.random.key(spec.seed + i) for i in range(len(spec.prompts))]
     shape = (model_cfg.in_channels, spec.frames, spec.height, spec.width)
@@ -70,20 +76,40 @@ def generate(model_cfg: ModelConfig, params, spec: SampleSpec, progress: bool = 
     return np.asarray(out)
 
 
-def to_frames(latents: np.ndarray) -> np.ndarray:
-    """Pixel-space latents in [-1, 1], `[N, 3, F, H, W]` -> uint8 `[N, F, H, W, 3]`."""
-    if latents.shape[1] != 3:
-        raise ValueError(f"only the pixel-space (identity) decoder is built in; latents have "
-                         f"{latents.shape[1]} channels (decode them with the VAE yourself)")
-    x = np.clip((latents + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
-    return np.moveaxis(x, 1, -1)
+def decode(latents: np.ndarray, spec: SampleSpec) -> np.ndarray:
+    """Latents `[N, C, F, H, W]` -> uint8 frames `[N, F', H', W', 3]` via spec.latent_decoder."""
+    from data_pipelines.encoders import get_latent_encoder
+
+    decoder = get_latent_encoder(spec.latent_decoder, spec.latent_decoder_path)
+    if latents.shape[1] != decoder.channels:
+        raise ValueError(f"the {spec.latent_decoder!r} decoder takes {decoder.channels} "
+                         f"channels; the latents have {latents.shape[1]}")
+    return decoder.decode(latents)
 
 
-def write_samples(frames: np.ndarray, prompts, out_dir: str, fps: float, prefix: str = "") -> list[str]:
-    """One mp4 and one GIF preview per clip; returns the mp4 paths."""
+def save_samples(latents: np.ndarray, spec: SampleSpec, out_dir: str,
+                 prefix: str = "") -> tuple[list[str], np.ndarray]:
+    """Write `<prefix>latents.npz` (latents, prompts, seed), then decode and write one mp4
+    + GIF per clip (png for images). Returns (paths, npz first; the decoded frames).
+
+    The npz comes first so a failing decoder (missing VAE, out of memory) loses nothing:
+    the error is re-raised naming the npz, which can be decoded later.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    npz = os.path.join(out_dir, f"{prefix}latents.npz")
+    np.savez(npz, latents=latents, prompts=np.asarray(spec.prompts), seed=spec.seed)
+    try:
+        frames = decode(latents, spec)
+    except Exception as e:
+        raise RuntimeError(f"decoding the samples with {spec.latent_decoder!r} failed ({e}); "
+                           f"the raw latents are saved in {npz}") from e
+    return [npz] + _write_clips(frames, spec.prompts, out_dir, spec.fps, prefix), frames
+
+
+def _write_clips(frames: np.ndarray, prompts, out_dir: str, fps: float, prefix: str) -> list[str]:
+    """One mp4 and one GIF preview per clip; returns the mp4 (or png) paths."""
     from data_pipelines.video import write_video
 
-    os.makedirs(out_dir, exist_ok=True)
     paths = []
     for i, (clip, prompt) in enumerate(zip(frames, prompts)):
         slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower())[:48].strip("_")
