@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import importlib.util
+import json
 import pathlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +41,18 @@ def call_python_file(path: str, function: str, *args, error: type[Exception] = C
     if not hasattr(module, function):
         raise error(f"{path}: the file must define {function}()")
     return getattr(module, function)(*args)
+
+
+def call_function(spec: str, *args):
+    """Call "package.module:function" with args (a config's named hook)."""
+    module, sep, function = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), function) if sep else None
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"cannot import {spec!r} ({e})") from None
+    if fn is None:
+        raise ConfigError(f"{spec!r} must look like package.module:function")
+    return fn(*args)
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -100,7 +115,7 @@ def _parse(raw: str, old: Any, key: str) -> Any:
 class StageTask:
     name: str
     spec: TaskSpec          # media, patch size, time shift (loss side)
-    data: dict              # data_pipelines Task fields (sources, resolution, fps, ...)
+    data: Any               # data_pipelines.Task (global batch size; sources resolved)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +170,53 @@ def _resolve_source(source: dict, data_dir: str, where: str, check: bool) -> dic
     return {**source, "path": path}
 
 
+def _data_task(data: dict, spec: TaskSpec, model: ModelConfig, c: dict, stage_index: int,
+               where: str, check_data: bool):
+    """A stage task's data dict -> the typed data_pipelines.Task, every field checked."""
+    from data_pipelines import check_task, task_from_dict
+
+    if not data.get("sources"):
+        raise ConfigError(f"config.{where}.data.sources is empty")
+    data["sources"] = {src: _resolve_source(dict(v), c.get("data_dir", ""),
+                                            f"{where}.data.sources.{src}", check_data)
+                       for src, v in data["sources"].items()}
+    data["media"] = spec.media
+    # Windows of frames are truncated to a multiple of the task's temporal patch.
+    data.setdefault("temporal_multiple", spec.patch_size[1] if spec.media == "video" else 1)
+    data.setdefault("seed", int(c.get("seed", 0)) + 1000 * stage_index)
+    try:
+        task = task_from_dict(data)
+        if check_data:
+            check_task(task)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        # Messages from data_pipelines start with the field name ("batch_size: ...").
+        sep = "." if re.match(r"^[a-z_]+[:\[ ]", str(e)) else ": "
+        raise ConfigError(f"config.{where}.data{sep}{e}") from None
+    if check_data:
+        _check_prepared_dims(task, model, where)
+    return task
+
+
+def _check_prepared_dims(task, model: ModelConfig, where: str) -> None:
+    """Prepared latents and caption features must fit the model's input sizes."""
+    from data_pipelines import shards
+
+    for src in task.sources:
+        if not shards.is_prepared(src.path):
+            continue
+        meta = json.loads((pathlib.Path(src.path) / shards.PREPARED_META).read_text())
+        for field, model_field in (("latent_channels", "in_channels"),
+                                   ("cap_feat_dim", "cap_feat_dim")):
+            have, want = meta.get(field), getattr(model, model_field)
+            if have is not None and int(have) != want:
+                raise ConfigError(
+                    f"config.{where}.data.sources.{src.name}: {src.path} was prepared with "
+                    f"{field}={have} ({meta.get('latent_encoder')} latents, "
+                    f"{meta.get('caption_encoder')} captions) but config.model.{model_field}="
+                    f"{want}; prepare with matching encoders or set --config.model."
+                    f"{model_field}={have}")
+
+
 def build(config: ml_collections.ConfigDict, check_data: bool = True) -> Experiment:
     """Validate the whole config and build typed objects (no JAX computation).
 
@@ -192,14 +254,8 @@ def build(config: ml_collections.ConfigDict, check_data: bool = True) -> Experim
             if tuple(spec.patch_size) not in model.patch_sizes:
                 raise ConfigError(f"config.{where}.tasks.{name}.patch_size={spec.patch_size} is "
                                   f"not in model.patch_sizes {model.patch_sizes}")
-            if not data.get("sources"):
-                raise ConfigError(f"config.{where}.tasks.{name}.data.sources is empty")
-            data["sources"] = {src: _resolve_source(dict(v), c.get("data_dir", ""),
-                                                    f"{where}.tasks.{name}.data.sources.{src}",
-                                                    check_data)
-                               for src, v in data["sources"].items()}
-            data["media"] = spec.media
-            tasks.append(StageTask(name, spec, data))
+            tasks.append(StageTask(name, spec, _data_task(
+                data, spec, model, c, i, f"{where}.tasks.{name}", check_data)))
         stages.append(Stage(s.get("name", f"stage{i + 1}"), int(s["steps"]), tuple(tasks),
                             s.get("lr")))
     if not stages:

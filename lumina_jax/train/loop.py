@@ -25,10 +25,11 @@ from lumina_jax.parallel import get_rules, make_mesh
 from lumina_jax.parallel.distributed import maybe_initialize
 from lumina_jax.train import samples as sampling
 from lumina_jax.train.checkpoint import Checkpointer, DataStreams, abstract_state
-from lumina_jax.train.config import Experiment, build
+from lumina_jax.train.config import Experiment, build, call_function
 from lumina_jax.train.metrics import MetricWriter, device_peak_flops
 from lumina_jax.train.state import OptimConfig, init_state, make_optimizer, state_shardings
-from lumina_jax.train.step import TrainStep, global_batch
+from lumina_jax.train.step import (TrainStep, batch_shards, enable_compilation_cache,
+                                   global_batch)
 
 
 class Preemption:
@@ -44,49 +45,76 @@ class Preemption:
 
 def make_streams(exp: Experiment, stage_index: int) -> DataStreams:
     """One resumable, per-host-sharded iterator per task of the stage."""
-    from data_pipelines import make_iterator, task_from_dict
+    from data_pipelines import make_iterator
 
-    iterators = {}
-    for task in exp.stages[stage_index].tasks:
-        data = dict(task.data)
-        global_bs = int(data.pop("batch_size"))
-        if global_bs % jax.process_count():
-            raise ValueError(f"stage {stage_index} task {task.name}: batch_size {global_bs} is "
-                             f"not divisible by {jax.process_count()} processes")
-        data.setdefault("seed", int(exp.config.seed) + 1000 * stage_index)
-        iterators[task.name] = make_iterator(
-            task_from_dict({**data, "batch_size": global_bs // jax.process_count()}))
-    return DataStreams(iterators)
+    n = jax.process_count()
+    return DataStreams({
+        task.name: make_iterator(dataclasses.replace(task.data,
+                                                     batch_size=task.data.batch_size // n))
+        for task in exp.stages[stage_index].tasks})
 
 
-def sample_spec(config: ml_collections.ConfigDict) -> sampling.SampleSpec | None:
-    if not config.sample.prompts:
-        return None
+def check_batch_sizes(exp: Experiment, mesh) -> None:
+    """Every global batch splits evenly over the processes and the batch-sharded devices
+    (checked after the mesh exists, before any compute)."""
+    from lumina_jax.train.config import ConfigError
+
+    for i, stage in enumerate(exp.stages):
+        for task in stage.tasks:
+            b = task.data.batch_size
+            for parts, what in ((jax.process_count(), "processes"),
+                                (batch_shards(mesh, rules_of(exp)), "devices the batch is "
+                                 "split over (mesh data x fsdp)")):
+                if b % parts:
+                    raise ConfigError(
+                        f"config.stages[{i}].tasks.{task.name}.data.batch_size={b} is not "
+                        f"divisible by the {parts} {what}; use a multiple of {parts}")
+
+
+def rules_of(exp: Experiment):
+    rules = exp.config.rules
+    return get_rules(rules if isinstance(rules, str) else rules.to_dict())
+
+
+def sample_spec(config: ml_collections.ConfigDict, exp: Experiment,
+                prompts=None) -> sampling.SampleSpec | None:
+    """The run's sampling spec (config.sample); `prompts` replace the config's. None: no prompts."""
     fields = config.sample.to_dict()
     fields.pop("every", None)
-    fields["prompts"] = tuple(fields["prompts"])
+    fields["prompts"] = tuple(prompts or fields["prompts"])
+    if not fields["prompts"]:
+        return None
+    # No decoder named: decode like the latents the run ended on were encoded.
+    fields["latent_decoder"] = (fields.get("latent_decoder")
+                                or exp.stages[-1].tasks[0].data.latent_encoder)
+    for name in ("latent_decoder_path", "caption_encoder_path"):
+        fields[name] = str(fields.get(name, "")).format(data_dir=config.data_dir)
     return sampling.SampleSpec(**fields)
 
 
 class Window:
-    """Metrics accumulated between two log lines (device values fetched only at log time)."""
+    """Metrics accumulated between two log lines (device values fetched only at log time).
+    Tokens and FLOPs come from each step's actual batch shapes; compile time is not
+    counted as step time."""
 
     def __init__(self):
         self.metrics, self.data_wait, self.start = [], 0.0, time.perf_counter()
+        self.flops, self.tokens, self.compile_s = 0.0, 0, 0.0
 
-    def summary(self, step_flops: float, tokens: int, peak: float) -> dict:
+    def summary(self, peak: float) -> dict:
         metrics = jax.device_get(self.metrics)
-        n, seconds = len(metrics), time.perf_counter() - self.start
+        n = len(metrics)
+        seconds = max(time.perf_counter() - self.start - self.compile_s, 1e-9)
         out = {"loss": float(np.mean([m["loss"] for m in metrics])),
                "grad_norm": float(np.mean([m["grad_norm"] for m in metrics])),
                "lr": float(metrics[-1]["lr"]),
                "nonfinite_steps": int(sum(not m["finite"] for m in metrics)),
                "step_time_s": seconds / n,
-               "tokens_per_s": tokens * n / seconds,
+               "tokens_per_s": self.tokens / seconds,
                "data_wait_frac": self.data_wait / seconds,
-               "mfu": step_flops * n / seconds / (peak * jax.device_count())}
-        for name in metrics[0]["tasks"]:
-            task = [m["tasks"][name] for m in metrics]
+               "mfu": self.flops / seconds / (peak * jax.device_count())}
+        for name in sorted({k for m in metrics for k in m["tasks"]}):
+            task = [m["tasks"][name] for m in metrics if name in m["tasks"]]
             out[f"loss/{name}"] = float(np.mean([t["loss"] for t in task]))
             sums = np.sum([t["loss_by_t_sum"] for t in task], axis=0)
             counts = np.sum([t["loss_by_t_count"] for t in task], axis=0)
@@ -97,6 +125,14 @@ class Window:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    config.data_dir = config.data_dir.format(workdir=workdir)
+    if config.cpu_devices:  # before the backend starts; affects only the CPU platform
+        jax.config.update("jax_num_cpu_devices", int(config.cpu_devices))
+    if config.xla_flags:  # read when the backend starts, which has not happened yet
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {config.xla_flags}".strip()
+    if config.prepare_data:
+        build(config, check_data=False)  # a bad config fails before the data is made
+        call_function(config.prepare_data, config)
     exp = build(config)  # every config error surfaces here, before any compute
     maybe_initialize()
     lead = jax.process_index() == 0
@@ -105,8 +141,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=1))
 
+    if config.compilation_cache_dir:
+        enable_compilation_cache(config.compilation_cache_dir.format(workdir=workdir))
     mesh = make_mesh(dict(config.mesh), dict(config.dcn) or None)
-    rules = get_rules(config.rules if isinstance(config.rules, str) else config.rules.to_dict())
+    rules = rules_of(exp)
+    check_batch_sizes(exp, mesh)
     tx, stage_lrs = optimizer(exp)
     init = lambda: init_state(exp.model, tx, int(config.seed))
     abstract = jax.eval_shape(init)
@@ -128,7 +167,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     preemption = Preemption()
     writer = MetricWriter(workdir)
     peak = device_peak_flops(config.peak_flops_per_device)
-    spec = sample_spec(config)
+    spec = sample_spec(config, exp)
     key = jax.random.key(int(config.seed))
     profile = [int(s) for s in config.profile_steps.split(",")] if config.profile_steps else []
     last = {}
@@ -148,20 +187,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                stage_lrs)
         if lead:
             bar.write(f"stage {stage_index + 1}/{len(exp.stages)} '{stage.name}': steps "
-                      f"{start}..{start + stage.steps}, tasks {sorted(tasks)}")
-        window, step_flops, tokens = Window(), 0.0, 0
+                      f"{start}..{start + stage.steps}, tasks {sorted(tasks)}; compiling "
+                      f"each new batch shape as it arrives")
+        window = Window()
         while step < start + stage.steps:
             t0 = time.perf_counter()
             local = {name: next(it) for name, it in streams.iterators.items()}
             data_wait = time.perf_counter() - t0
             batches = {name: global_batch(b, mesh, rules) for name, b in local.items()}
-            if train_step.compiled is None:
-                train_step.compile(state, batches, key)
-                step_flops = train_step.model_flops(batches)
-                tokens = train_step.tokens(batches)
+            seen = len(train_step.compiles)
+            train_step.compile(state, batches, key)
+            for c in train_step.compiles[seen:]:
+                window.compile_s += c.seconds
                 if lead:
-                    bar.write(train_step.report(batches))
-                window = Window()
+                    bar.write(f"compiled {c.what} {list(c.latents) if c.latents else ''} in "
+                              f"{c.seconds:.1f}s")
+            if seen == 0 and lead:
+                bar.write(train_step.report(batches))
             if step in profile[:1]:
                 jax.profiler.start_trace(os.path.join(workdir, "profile"))
             state, metrics = train_step(state, batches, key)
@@ -171,12 +213,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 jax.profiler.stop_trace()
             window.metrics.append(metrics)
             window.data_wait += data_wait
+            window.flops += train_step.model_flops(batches)
+            window.tokens += train_step.tokens(batches)
             bar.update(1)
-            if step % config.log_every == 0 or step == start + stage.steps:
-                last = window.summary(step_flops, tokens, peak)
+            stage_done = step == start + stage.steps
+            if step % config.log_every == 0 or stage_done:
+                last = window.summary(peak)
                 last["skipped_clips"] = int(sum(b.get("num_skipped", 0) for b in local.values()))
                 last["skipped_steps"] = int(state["skipped_steps"])
                 last["stage"] = stage_index
+                last.update({f"shape/{n}": "x".join(map(str, b["latents"].shape))
+                             for n, b in local.items()})  # this step's buckets
+                if stage_done:
+                    last["compiles"] = len(train_step.compiles)
+                    last["compile_s"] = round(sum(c.seconds for c in train_step.compiles), 3)
+                    if lead:
+                        bar.write(f"stage {stage_index + 1} '{stage.name}': "
+                                  f"{last['compiles']} executables "
+                                  f"({last['compiles'] - 1} task shapes + the update) compiled "
+                                  f"or loaded from the cache in {last['compile_s']:.1f}s")
                 writer.scalars(step, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
                 window = Window()
@@ -247,19 +302,22 @@ def _write_samples(exp: Experiment, state, spec, workdir: str, step: int, writer
     if jax.process_count() > 1:
         return
     latents = sampling.generate(exp.model, state["ema"], spec, progress=False)
-    frames = sampling.to_frames(latents)
-    paths = sampling.write_samples(frames, spec.prompts, os.path.join(workdir, "samples"),
-                                   spec.fps, prefix=f"step{step:07d}_")
+    paths, frames = sampling.save_samples(latents, spec, os.path.join(workdir, "samples"),
+                                          prefix=f"step{step:07d}_")
     writer.scalars(step, {"samples": json.dumps(paths)})
     writer.videos(step, frames)
-    print(f"samples at step {step}: {paths[0]} ... ({len(paths)} clips)", flush=True)
+    print(f"samples at step {step}: {paths[1]} ... ({len(paths) - 1} clips; latents in "
+          f"{paths[0]})", flush=True)
 
 
 def default_config() -> ml_collections.ConfigDict:
     """Fields every experiment config has; `configs/*.py` start from this."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.data_dir = ""  # substituted for "{data_dir}" in data source paths
+    c.data_dir = ""  # substituted for "{data_dir}" in data source paths; may hold "{workdir}"
+    # "module:function" called with the config before training when data is missing
+    # (e.g. data_pipelines.miniature:prepare_for_config makes the runlocal data set).
+    c.prepare_data = ""
     # A preset plus per-field overrides; None keeps the preset's value.
     c.model = ml_collections.ConfigDict(
         {"preset": "demo", **{f.name: None for f in dataclasses.fields(ModelConfig)}})
@@ -274,8 +332,17 @@ def default_config() -> ml_collections.ConfigDict:
     c.log_every = 10
     c.peak_flops_per_device = 0.0
     c.profile_steps = ""
+    # JAX's persistent compilation cache ("" = off): a restart loads its executables.
+    c.compilation_cache_dir = "{workdir}/compilation_cache"
+    # CPU only: split the host into this many devices (0 = as JAX starts; for meshes
+    # tried on one machine, like configs/lumina_video_2b.py:runlocal).
+    c.cpu_devices = 0
+    # Appended to $XLA_FLAGS before JAX starts (e.g. cheaper CPU codegen for tiny runs).
+    c.xla_flags = ""
     c.sample = ml_collections.ConfigDict({
         "every": 0, "prompts": [], "frames": 8, "height": 32, "width": 32, "seed": 0, "fps": 8.0,
         "caption_encoder": "minilm", "system_prompt": "", "negative_prompt": "",
-        "settings": {}, "preset": ""})
+        "settings": {}, "preset": "",
+        # "" = decode like the run's latents were encoded (the last stage's encoder)
+        "latent_decoder": "", "latent_decoder_path": "", "caption_encoder_path": ""})
     return c

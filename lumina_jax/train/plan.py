@@ -3,9 +3,10 @@
     lumina-jax plan --config configs/lumina_video_2b.py --mesh fsdp=256 --accelerator v5p
 
 For every curriculum stage, every task at its largest bucket (largest-area resolution
-bucket, `max_frames`; the task's latent encoder's factors, e.g. CogVideoX: latent frames
-`1 + (F-1)/4` rounded up to the temporal patch, 1/8 the pixel size; Gemma captions of `caption_len` tokens) and the
-global batch of the config. Two methods:
+bucket, a window of `max_frames // 4` CogVideoX latents truncated to the temporal patch
+(24 for 96 frames), 1/8 the pixel size; Gemma captions of `caption_len` tokens) and the
+global batch of the config. The step compiles one gradient per task shape plus one
+update; the peak is the state and gradient accumulator plus the largest of those. Two methods:
 
   * `compiled`: the real jitted train step lowered and compiled for N fake CPU devices
     (`--xla_force_host_platform_device_count=N`, in a subprocess) with the config's
@@ -96,27 +97,29 @@ def resolve_mesh(sizes: dict[str, int], devices: int) -> tuple[dict[str, int], i
         raise PlanError(str(e)) from None
 
 
-def largest_bucket(data: dict, patch_size) -> tuple[int, int, int]:
-    """(latent frames, latent height, latent width) of a task's largest bucket."""
+def largest_bucket(data, patch_size) -> tuple[int, int, int]:
+    """(latent frames, latent height, latent width) of a task's largest bucket.
+
+    Video windows hold max_frames // T latents (T the encoder's temporal factor; latent
+    0 of a VAE clip is dropped before the window) truncated to a multiple of pF: 24 for
+    96 frames of CogVideoX latents.
+    """
     from data_pipelines.encoders import LATENT_ENCODERS
 
-    enc = LATENT_ENCODERS[data.get("latent_encoder", "identity")]
+    enc = LATENT_ENCODERS[data.latent_encoder]
     p, pf = patch_size
     h, w = largest_pixels(data)
-    frames = int(data.get("max_frames", 1))
-    if data["media"] == "image" or frames <= 1:
+    if data.media == "image" or data.max_frames <= 1:
         lat_f = 1
     else:
-        lat_f = 1 + (frames - 1) // enc.temporal
-        lat_f = -(-lat_f // pf) * pf  # the step needs a multiple of pF (pad, upper bound)
+        lat_f = max(pf, data.max_frames // enc.temporal // pf * pf)
     return lat_f, h // enc.spatial, w // enc.spatial
 
 
-def largest_pixels(data: dict) -> tuple[int, int]:
+def largest_pixels(data) -> tuple[int, int]:
     from data_pipelines.buckets import resolution_buckets
 
-    buckets = resolution_buckets(int(data["resolution"]), int(data.get("multiple", 32)),
-                                 float(data.get("max_aspect", 4.0)))
+    buckets = resolution_buckets(data.resolution, data.multiple, data.max_aspect)
     return max(buckets, key=lambda hw: (hw[0] * hw[1], hw[1]))
 
 
@@ -129,11 +132,10 @@ def stage_tasks(exp, stage_index: int, channels: int) -> dict:
         p, pf = task.spec.patch_size
         f, h, w = largest_bucket(task.data, (p, pf))
         tokens = token_count(f, h, w, (p, pf))
-        out[task.name] = {"batch": int(task.data["batch_size"]), "latents": (channels, f, h, w),
-                          "cap_len": int(task.data.get("caption_len", 256)),
+        out[task.name] = {"batch": task.data.batch_size, "latents": (channels, f, h, w),
+                          "cap_len": task.data.caption_len or task.data.max_caption_len,
                           "patch": (p, pf), "tokens": tokens,
-                          "pixels": (int(task.data.get("max_frames", 1)),
-                                     *largest_pixels(task.data))}
+                          "pixels": (task.data.max_frames, *largest_pixels(task.data))}
     return out
 
 
@@ -305,14 +307,12 @@ def _worker(job: dict) -> dict:
                       "motion_score": sds((t["batch"],), jnp.float32)}
                for name, t in tasks.items()}
     key = jax.eval_shape(lambda: jax.random.key(0))
-    compiled = step._jitted.lower(abstract_state(abstract, shardings), batches, key).compile()
-    mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
-    return {"argument": mem.argument_size_in_bytes, "output": mem.output_size_in_bytes,
-            "alias": mem.alias_size_in_bytes, "temp": mem.temp_size_in_bytes,
-            "code": mem.generated_code_size_in_bytes,
-            "xla_flops_per_device": float(cost.get("flops", float("nan")))}
+    compiles = step.compile(abstract_state(abstract, shardings), batches, key)
+    peak = step.peak_bytes()
+    return {"argument": peak["state_and_grads"], "output": 0, "alias": 0,
+            "temp": peak["peak"] - peak["state_and_grads"],
+            "code": sum(c.memory.generated_code_size_in_bytes for c in compiles),
+            "xla_flops_per_device": sum(c.flops for c in compiles)}
 
 
 def plan_stage(exp, config_spec, overrides, stage_index, mesh_sizes, rules, method, timeout):

@@ -1,12 +1,23 @@
-"""The jitted train step: every task of the stage, one summed gradient, one update.
+"""The train step: every task of the stage, one summed gradient, one optimiser update.
 
-`TrainStep` owns the compiled function for one stage (its tasks and batch shapes):
-explicit in/out shardings, the state donated, activation sharding rules active while
-tracing. A non-finite loss or gradient skips the update (counted in `skipped_steps`).
+Batches of a task may change shape from step to step (aspect x frame buckets, images and
+videos), so the step is two kinds of executables, each compiled lazily and kept:
+
+  * per task and batch shape: `acc + grad(task loss)` (the accumulator donated), so a
+    stage with T tasks of S_t shapes compiles sum_t S_t gradients, not prod_t S_t steps;
+  * once per stage: the update (global-norm clip, AdamW, EMA) from the summed gradient.
+
+Explicit in/out shardings everywhere, the state and the accumulator donated, activation
+sharding rules active while tracing. A non-finite loss or gradient skips the update
+(counted in `skipped_steps`). Every compile is recorded in `compiles` (task, shapes,
+seconds); JAX's persistent compilation cache (`enable_compilation_cache`) makes a
+restart load them instead of compiling again.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Mapping
 
 import jax
@@ -16,7 +27,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lumina_jax.diffusion.loss import LossConfig, TaskSpec, multitask_loss
+from lumina_jax.diffusion.loss import LossConfig, TaskSpec, task_loss
 from lumina_jax.model import ModelConfig, token_count
 from lumina_jax.model.flops import train_step_flops
 from lumina_jax.parallel.rules import Rules, activation_sharding, logical_to_spec
@@ -25,9 +36,25 @@ from lumina_jax.train.state import OptimConfig, lr_schedule, make_optimizer, mod
 BATCH_KEYS = ("latents", "cap_feats", "cap_mask", "motion_score")
 
 
+def enable_compilation_cache(directory: str) -> None:
+    """Persist every compiled executable under `directory` (all sizes, all compile times),
+    so a restarted or resumed run loads its steps instead of compiling them again."""
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def batch_sharding(mesh: Mesh, rules: Rules, shape) -> NamedSharding:
     axes = ("act_batch",) + (None,) * (len(shape) - 1)
     return NamedSharding(mesh, logical_to_spec(axes, shape, rules, mesh, where="batch"))
+
+
+def batch_shards(mesh: Mesh, rules: Rules) -> int:
+    """How many ways the rules split the batch axis on this mesh (global batches must
+    divide by it, or the batch would silently stay replicated)."""
+    axes = rules.get("act_batch") or ()
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    return int(np.prod([mesh.shape.get(a, 1) for a in axes]))
 
 
 def host_rows(mesh: Mesh, rules: Rules, global_batch_size: int) -> slice:
@@ -52,36 +79,72 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules) -> d
     return out
 
 
+def batch_signature(batch: Mapping) -> tuple:
+    """What a compiled gradient depends on: each array's shape and dtype."""
+    return tuple((k, tuple(batch[k].shape), str(batch[k].dtype)) for k in BATCH_KEYS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Compile:
+    what: str          # task name, or "update"
+    latents: tuple     # the task batch's latent shape ([] for the update)
+    seconds: float
+    memory: object     # the executable's memory_analysis() (None where unsupported)
+    flops: float       # XLA's cost analysis (a scanned body counts once)
+
+
 class TrainStep:
+    """`step(state, batches, key) -> (state, metrics)`; compiles per new batch shape."""
+
     def __init__(self, model_cfg: ModelConfig, optim_cfg: OptimConfig, loss_cfg: LossConfig,
                  tasks: Mapping[str, TaskSpec], mesh: Mesh, rules: Rules, state_shardings,
                  stage_lrs=()):
         self.model_cfg, self.optim_cfg, self.loss_cfg = model_cfg, optim_cfg, loss_cfg
         self.tasks, self.mesh, self.rules = dict(tasks), mesh, rules
+        self.order = sorted(self.tasks)  # task i draws its noise from fold_in(key, i)
         self.graphdef = model_graphdef(model_cfg)
         self.tx = make_optimizer(optim_cfg, stage_lrs)
         self.lr = lr_schedule(optim_cfg, stage_lrs)
-        replicated = NamedSharding(mesh, PartitionSpec())
-        # Batches arrive as global arrays already laid out by `global_batch`.
-        self._jitted = jax.jit(self._step, in_shardings=(state_shardings, None, replicated),
-                               out_shardings=(state_shardings, replicated), donate_argnums=0)
         self.state_shardings = state_shardings
-        self.compiled = None
+        params = state_shardings["params"]
+        replicated = NamedSharding(mesh, PartitionSpec())
+        self._zeros = jax.jit(lambda p: jax.tree.map(jnp.zeros_like, p),
+                              in_shardings=(params,), out_shardings=params)
+        self._grad_jit = {
+            name: jax.jit(self._grad_fn(name), in_shardings=(params, params, None, replicated,
+                                                             replicated),
+                          out_shardings=(params, replicated), donate_argnums=1)
+            for name in self.order}
+        self._update_jit = jax.jit(self._update, in_shardings=(state_shardings, params,
+                                                                replicated),
+                                   out_shardings=(state_shardings, replicated),
+                                   donate_argnums=0)
+        self._executables: dict = {}
+        self._param_bytes: int | None = None
+        self.compiles: list[Compile] = []
 
-    def _step(self, state, batches, key):
-        with activation_sharding(self.mesh, self.rules):
-            return self._update(state, batches, key)
+    # ---------------------------------------------------------------- traced functions
 
-    def _update(self, state, batches, key):
-        key = jax.random.fold_in(key, state["step"])
+    def _grad_fn(self, name: str):
+        task, index = self.tasks[name], self.order.index(name)
 
-        def loss_fn(params):
-            # Condition dropout happened in the data pipeline, which knows each source's
-            # system prompt (the "null" caption).
-            model = nnx.merge(self.graphdef, params)
-            return multitask_loss(model, key, batches, self.tasks, self.loss_cfg)
+        def grad(params, acc, batch, step, key):
+            key = jax.random.fold_in(jax.random.fold_in(key, step), index)
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+            def loss_fn(p):
+                # Condition dropout happened in the data pipeline, which knows each
+                # source's system prompt (the "null" caption).
+                return task_loss(nnx.merge(self.graphdef, p), key, batch, task, self.loss_cfg)
+
+            with activation_sharding(self.mesh, self.rules):
+                (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            acc = jax.tree.map(lambda a, b: a + task.weight * b, acc, g)
+            return acc, aux
+
+        return grad
+
+    def _update(self, state, grads, losses):
+        loss = sum(self.tasks[n].weight * losses[n] for n in self.order)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
@@ -99,31 +162,90 @@ class TrainStep:
             "ema": keep(ema, state["ema"]),
             "skipped_steps": state["skipped_steps"] + (~finite).astype(jnp.int32),
         }
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": self.lr(state["step"]),
-                   "finite": finite, "tasks": aux}
-        return new_state, metrics
+        return new_state, {"loss": loss, "grad_norm": grad_norm,
+                           "lr": self.lr(state["step"]), "finite": finite}
 
-    def compile(self, state, batches, key):
-        """Lower and compile once (for the memory report) before the first step."""
-        self.compiled = self._jitted.lower(state, batches, key).compile()
-        return self.compiled
+    # ---------------------------------------------------------------- compiling
+
+    def _executable(self, key, jitted, args, what, latents):
+        if key not in self._executables:
+            start = time.perf_counter()
+            compiled = jitted.lower(*args).compile()
+            seconds = time.perf_counter() - start
+            self._executables[key] = compiled
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+            self.compiles.append(Compile(what, latents, seconds, compiled.memory_analysis(),
+                                         float(cost.get("flops", float("nan")))))
+        return self._executables[key]
+
+    def compile(self, state, batches, key) -> list[Compile]:
+        """Compile (or fetch) every executable these batches need, without running them;
+        works on concrete or abstract (ShapeDtypeStruct) inputs. Returns the compiles."""
+        params = state["params"]
+        abstract = lambda tree: jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
+        params = abstract(params)
+        step = jax.ShapeDtypeStruct((), jnp.int32)
+        for name in self.order:
+            if name in batches:
+                self._grad_executable(name, params, abstract(batches[name]), step, key)
+        losses = {n: jax.ShapeDtypeStruct((), jnp.float32) for n in self.order}
+        self._update_executable(abstract(state), params, losses)
+        return self.compiles
+
+    def _grad_executable(self, name, params, batch, step, key):
+        if self._param_bytes is None:
+            self._param_bytes = sum(int(np.prod(a.sharding.shard_shape(a.shape))) * a.dtype.itemsize
+                                    for a in jax.tree.leaves(params))
+        return self._executable((name, batch_signature(batch)), self._grad_jit[name],
+                                (params, params, batch, step, key), name,
+                                tuple(batch["latents"].shape))
+
+    def _update_executable(self, state, grads, losses):
+        return self._executable("update", self._update_jit, (state, grads, losses), "update", ())
+
+    # ---------------------------------------------------------------- running
 
     def __call__(self, state, batches, key):
-        fn = self.compiled if self.compiled is not None else self._jitted
-        return fn(state, batches, key)
+        acc = self._zeros(state["params"])
+        aux = {}
+        for name in self.order:
+            if name not in batches:
+                continue
+            fn = self._grad_executable(name, state["params"], batches[name], state["step"], key)
+            acc, aux[name] = fn(state["params"], acc, batches[name], state["step"], key)
+        losses = {n: aux[n]["loss"] if n in aux else jnp.zeros((), jnp.float32)
+                  for n in self.order}
+        state, metrics = self._update_executable(state, acc, losses)(state, acc, losses)
+        return state, {**metrics, "tasks": aux}
 
-    def report(self, batches, cap_len: int | None = None) -> str:
-        """Per-device compiled memory and analytic model FLOPs per step, as text."""
+    # ---------------------------------------------------------------- accounting
+
+    def peak_bytes(self) -> dict:
+        """Per-device bytes of the compiled executables: the state and the gradient
+        accumulator live across the whole step; the largest task's temporaries and batch,
+        or the update's temporaries, come on top."""
+        update = next((c.memory for c in self.compiles if c.what == "update"), None)
+        if update is None or self._param_bytes is None:
+            return {}
+        task_extra = max((c.memory.temp_size_in_bytes + c.memory.argument_size_in_bytes
+                          - 2 * self._param_bytes  # params and accumulator are counted above
+                          for c in self.compiles if c.what != "update" and c.memory), default=0)
+        persistent = update.argument_size_in_bytes  # state + accumulator
+        return {"state_and_grads": persistent, "update_temp": update.temp_size_in_bytes,
+                "task_temp_and_batch": task_extra,
+                "peak": persistent + max(update.temp_size_in_bytes, task_extra)}
+
+    def report(self, batches) -> str:
+        """Per-device compiled memory and analytic model FLOPs of a step, as text."""
         lines = []
-        if self.compiled is not None:
-            mem = self.compiled.memory_analysis()
-            if mem is not None:
-                gib = lambda b: b / 2**30
-                lines.append(
-                    f"compiled step, per device: arguments {gib(mem.argument_size_in_bytes):.3f} "
-                    f"GiB, outputs {gib(mem.output_size_in_bytes):.3f} GiB, temporaries "
-                    f"{gib(mem.temp_size_in_bytes):.3f} GiB, code "
-                    f"{gib(mem.generated_code_size_in_bytes):.3f} GiB")
+        peak = self.peak_bytes()
+        if peak:
+            gib = lambda b: f"{b / 2**30:.3f} GiB"
+            lines.append(f"compiled step, per device: state + gradients {gib(peak['state_and_grads'])}, "
+                         f"largest task (temporaries + batch) {gib(peak['task_temp_and_batch'])}, "
+                         f"update temporaries {gib(peak['update_temp'])}; peak {gib(peak['peak'])}")
         lines.append(f"model FLOPs per step: {self.model_flops(batches):.4g}")
         return "\n".join(lines)
 
