@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import with_xla_flags
 
 from lumina_jax.diffusion.loss import DEFAULT_TASKS, LossConfig
 from lumina_jax.model import get_preset
@@ -36,7 +37,8 @@ def run_script(args, env_extra=None, launcher=()):
 @pytest.fixture(scope="module")
 def eight_devices():
     args = [a for run in RUNS for a in ("--run", run)]
-    return run_script(args, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    return run_script(args, {"XLA_FLAGS": with_xla_flags(
+        "--xla_force_host_platform_device_count=8")["XLA_FLAGS"]})
 
 
 def test_losses_match_across_meshes(eight_devices):

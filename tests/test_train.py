@@ -2,7 +2,6 @@
 corrupt checkpoints, config validation. Runs `lumina-jax train` in subprocesses on the
 prepared demo data with the tiny three-stage curriculum of configs/demo.py:tiny."""
 
-import json
 import os
 import pathlib
 import shutil
@@ -12,6 +11,9 @@ import sys
 import time
 
 import pytest
+
+from conftest import with_xla_flags
+from train_helpers import per_step
 
 from lumina_jax.train.config import ConfigError, build, load_config
 
@@ -39,16 +41,6 @@ def run(workdir, demo_data, *overrides, env=None):
                           text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
-
-
-def per_step(workdir):
-    """The last logged record of every step (a resumed run re-logs steps it redid)."""
-    records = {}
-    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            records[rec["step"]] = rec
-    return records
 
 
 def start_and_signal(workdir, demo_data, sig, after_step):
@@ -138,7 +130,7 @@ def test_resume_onto_a_different_mesh_and_device_count(uninterrupted, demo_data,
     """Trained on one device with replicated params; resumed on 4 devices with FSDP."""
     workdir = tmp_path / "run"
     shutil.copytree(uninterrupted[0], workdir)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = with_xla_flags("--xla_force_host_platform_device_count=4")
     out = run(workdir, demo_data, "--config.stages.2.steps=4", "--config.mesh.data=1",
               "--config.mesh.fsdp=-1", "--config.rules=fsdp", env=env)
     assert f"resumed from step {TOTAL_STEPS}" in out

@@ -28,8 +28,7 @@ from lumina_jax.train.checkpoint import Checkpointer, DataStreams, abstract_stat
 from lumina_jax.train.config import Experiment, build, call_function
 from lumina_jax.train.metrics import MetricWriter, device_peak_flops
 from lumina_jax.train.state import OptimConfig, init_state, make_optimizer, state_shardings
-from lumina_jax.train.step import (TrainStep, batch_shards, enable_compilation_cache,
-                                   global_batch)
+from lumina_jax.train.step import TrainStep, enable_compilation_cache, global_batch
 
 
 class Preemption:
@@ -54,21 +53,19 @@ def make_streams(exp: Experiment, stage_index: int) -> DataStreams:
         for task in exp.stages[stage_index].tasks})
 
 
-def check_batch_sizes(exp: Experiment, mesh) -> None:
-    """Every global batch splits evenly over the processes and the batch-sharded devices
-    (checked after the mesh exists, before any compute)."""
+def check_batch_sizes(exp: Experiment) -> None:
+    """Every global batch splits evenly over the processes (before any compute). A batch
+    that does not divide over the mesh's batch axes stays replicated (a warning)."""
     from lumina_jax.train.config import ConfigError
 
+    n = jax.process_count()
     for i, stage in enumerate(exp.stages):
         for task in stage.tasks:
-            b = task.data.batch_size
-            for parts, what in ((jax.process_count(), "processes"),
-                                (batch_shards(mesh, rules_of(exp)), "devices the batch is "
-                                 "split over (mesh data x fsdp)")):
-                if b % parts:
-                    raise ConfigError(
-                        f"config.stages[{i}].tasks.{task.name}.data.batch_size={b} is not "
-                        f"divisible by the {parts} {what}; use a multiple of {parts}")
+            if task.data.batch_size % n:
+                raise ConfigError(
+                    f"config.stages[{i}].tasks.{task.name}.data.batch_size="
+                    f"{task.data.batch_size} is not divisible by the {n} processes; use a "
+                    f"multiple of {n}")
 
 
 def rules_of(exp: Experiment):
@@ -145,7 +142,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         enable_compilation_cache(config.compilation_cache_dir.format(workdir=workdir))
     mesh = make_mesh(dict(config.mesh), dict(config.dcn) or None)
     rules = rules_of(exp)
-    check_batch_sizes(exp, mesh)
+    check_batch_sizes(exp)
     tx, stage_lrs = optimizer(exp)
     init = lambda: init_state(exp.model, tx, int(config.seed))
     abstract = jax.eval_shape(init)

@@ -49,14 +49,6 @@ def batch_sharding(mesh: Mesh, rules: Rules, shape) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(axes, shape, rules, mesh, where="batch"))
 
 
-def batch_shards(mesh: Mesh, rules: Rules) -> int:
-    """How many ways the rules split the batch axis on this mesh (global batches must
-    divide by it, or the batch would silently stay replicated)."""
-    axes = rules.get("act_batch") or ()
-    axes = (axes,) if isinstance(axes, str) else tuple(axes)
-    return int(np.prod([mesh.shape.get(a, 1) for a in axes]))
-
-
 def host_rows(mesh: Mesh, rules: Rules, global_batch_size: int) -> slice:
     """The rows of the global batch that this process must load (its devices' shards)."""
     n = global_batch_size
