@@ -34,7 +34,9 @@ def test_runlocal_trains_all_four_stages_and_writes_decoded_samples(tmp_path):
     import imageio.v3 as iio
 
     proc = subprocess.run([sys.executable, "-m", "lumina_jax.cli", "train", "--config",
-                           CONFIG + ":runlocal", "--workdir", str(tmp_path)],
+                           CONFIG + ":runlocal", "--workdir", str(tmp_path),
+                           # one step per stage keeps the suite short; all four stages run
+                           *(f"--config.stages.{i}.steps=1" for i in range(4))],
                           capture_output=True, text=True, timeout=1500, cwd=ROOT)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
