@@ -159,8 +159,11 @@ class TrainStep:
 
     # ---------------------------------------------------------------- compiling
 
-    def _executable(self, key, jitted, args, what, latents):
+    def _executable(self, key, jitted, make_args, what, latents):
+        """The executable for `key`, compiled from `make_args()` on the first request only
+        (so a step whose shapes are all known does no abstraction work)."""
         if key not in self._executables:
+            args = make_args()
             start = time.perf_counter()
             compiled = jitted.lower(*args).compile()
             seconds = time.perf_counter() - start
@@ -172,30 +175,34 @@ class TrainStep:
         return self._executables[key]
 
     def compile(self, state, batches, key) -> list[Compile]:
-        """Compile (or fetch) every executable these batches need, without running them;
-        works on concrete or abstract (ShapeDtypeStruct) inputs. Returns the compiles."""
-        params = state["params"]
+        """Compile every executable these batches need that is not compiled yet, without
+        running it; works on concrete or abstract (ShapeDtypeStruct) inputs."""
         abstract = lambda tree: jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
-        params = abstract(params)
         step = jax.ShapeDtypeStruct((), jnp.int32)
         for name in self.order:
             if name in batches:
-                self._grad_executable(name, params, abstract(batches[name]), step, key)
+                self._grad_executable(name, lambda: abstract(state["params"]),
+                                      abstract(batches[name]), step, key)
         losses = {n: jax.ShapeDtypeStruct((), jnp.float32) for n in self.order}
-        self._update_executable(abstract(state), params, losses)
+        self._update_executable(
+            lambda: (abstract(state), abstract(state["params"]), losses))
         return self.compiles
 
     def _grad_executable(self, name, params, batch, step, key):
-        if self._param_bytes is None:
-            self._param_bytes = sum(int(np.prod(a.sharding.shard_shape(a.shape))) * a.dtype.itemsize
-                                    for a in jax.tree.leaves(params))
-        return self._executable((name, batch_signature(batch)), self._grad_jit[name],
-                                (params, params, batch, step, key), name,
-                                tuple(batch["latents"].shape))
+        """`params`: a callable giving the params (or their abstract values)."""
+        def make_args():
+            p = params()
+            if self._param_bytes is None:
+                self._param_bytes = sum(int(np.prod(a.sharding.shard_shape(a.shape)))
+                                        * a.dtype.itemsize for a in jax.tree.leaves(p))
+            return p, p, batch, step, key
 
-    def _update_executable(self, state, grads, losses):
-        return self._executable("update", self._update_jit, (state, grads, losses), "update", ())
+        return self._executable((name, batch_signature(batch)), self._grad_jit[name],
+                                make_args, name, tuple(batch["latents"].shape))
+
+    def _update_executable(self, make_args):
+        return self._executable("update", self._update_jit, make_args, "update", ())
 
     # ---------------------------------------------------------------- running
 
@@ -205,11 +212,13 @@ class TrainStep:
         for name in self.order:
             if name not in batches:
                 continue
-            fn = self._grad_executable(name, state["params"], batches[name], state["step"], key)
+            fn = self._grad_executable(name, lambda: state["params"], batches[name],
+                                       state["step"], key)
             acc, aux[name] = fn(state["params"], acc, batches[name], state["step"], key)
         losses = {n: aux[n]["loss"] if n in aux else jnp.zeros((), jnp.float32)
                   for n in self.order}
-        state, metrics = self._update_executable(state, acc, losses)(state, acc, losses)
+        update = self._update_executable(lambda: (state, acc, losses))
+        state, metrics = update(state, acc, losses)
         return state, {**metrics, "tasks": aux}
 
     # ---------------------------------------------------------------- accounting
