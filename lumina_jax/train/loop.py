@@ -25,7 +25,7 @@ from lumina_jax.parallel import get_rules, make_mesh
 from lumina_jax.parallel.distributed import maybe_initialize
 from lumina_jax.train import samples as sampling
 from lumina_jax.train.checkpoint import Checkpointer, DataStreams, abstract_state
-from lumina_jax.train.config import Experiment, build, call_function
+from lumina_jax.train.config import ConfigError, Experiment, build, call_function
 from lumina_jax.train.metrics import MetricWriter, device_peak_flops
 from lumina_jax.train.state import OptimConfig, init_state, make_optimizer, state_shardings
 from lumina_jax.train.step import TrainStep, enable_compilation_cache, global_batch
@@ -56,8 +56,6 @@ def make_streams(exp: Experiment, stage_index: int) -> DataStreams:
 def check_batch_sizes(exp: Experiment) -> None:
     """Every global batch splits evenly over the processes (before any compute). A batch
     that does not divide over the mesh's batch axes stays replicated (a warning)."""
-    from lumina_jax.train.config import ConfigError
-
     n = jax.process_count()
     for i, stage in enumerate(exp.stages):
         for task in stage.tasks:

@@ -279,17 +279,17 @@ def _worker(job: dict) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from lumina_jax.parallel import get_rules, make_mesh
+    from lumina_jax.parallel import make_mesh
     from lumina_jax.train.checkpoint import abstract_state
     from lumina_jax.train.config import build, load_config
-    from lumina_jax.train.loop import optimizer
+    from lumina_jax.train.loop import optimizer, rules_of
     from lumina_jax.train.state import init_state, state_shardings
     from lumina_jax.train.step import TrainStep, batch_sharding
 
     warnings.simplefilter("ignore")
     config = load_config(job["config"], job["overrides"])
     exp = build(config, check_data=False)
-    rules = get_rules(config.rules if isinstance(config.rules, str) else config.rules.to_dict())
+    rules = rules_of(exp)
     mesh = make_mesh(job["mesh"])
     tx, stage_lrs = optimizer(exp)
     abstract = jax.eval_shape(lambda: init_state(exp.model, tx, 0))
@@ -346,7 +346,7 @@ def run(args) -> int:
 
 
 def plan(args) -> str:
-    from lumina_jax.parallel import get_rules
+    from lumina_jax.train.loop import rules_of
     from lumina_jax.train.config import ConfigError, build, load_config
 
     overrides = list(getattr(args, "overrides", []) or [])
@@ -357,7 +357,7 @@ def plan(args) -> str:
         raise PlanError(str(e)) from None
     sizes = parse_mesh(args.mesh) if args.mesh else {k: int(v) for k, v in config.mesh.items()}
     mesh_sizes, n_dev = resolve_mesh(sizes, args.devices)
-    rules = get_rules(config.rules if isinstance(config.rules, str) else config.rules.to_dict())
+    rules = rules_of(exp)
     stages = range(len(exp.stages)) if not args.stage else [args.stage - 1]
     if args.stage and not 0 < args.stage <= len(exp.stages):
         raise PlanError(f"--stage {args.stage}: the config has {len(exp.stages)} stages")
