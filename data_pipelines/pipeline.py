@@ -35,6 +35,7 @@ import grain
 import numpy as np
 
 from data_pipelines import buckets as bk
+from lumina_jax.errors import UserError
 from data_pipelines import encoders, manifest, shards, video
 
 log = logging.getLogger("data_pipelines")
@@ -58,7 +59,7 @@ class Source:
 MEDIA = ("video", "image")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A task's data cannot produce batches (e.g. every file of a bucket fails to load)."""
 
 

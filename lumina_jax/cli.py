@@ -231,11 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(overrides) != len(extra) or (overrides and not getattr(args, "accepts_overrides", False)):
         parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in overrides) or ' '.join(extra)}")
     args.overrides = overrides
-    from lumina_jax.train.config import ConfigError
+    from lumina_jax.errors import UserError
 
     try:
         return args.func(args)
-    except ConfigError as e:  # a bad config is reported plainly, before any compute
+    except UserError as e:  # the user's mistake: one line that names the fix
         print(f"lumina-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -22,12 +22,13 @@ import ml_collections
 
 from lumina_jax.diffusion.loss import LossConfig, TaskSpec
 from lumina_jax.model import ModelConfig, get_preset
+from lumina_jax.errors import UserError
 from lumina_jax.parallel import RULE_PRESETS
 from lumina_jax.train.state import OptimConfig
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError, ValueError):
+    """A config field is wrong; raised before any compute starts."""
 
 
 def call_python_file(path: str, function: str, *args, error: type[Exception] = ConfigError):

@@ -33,6 +33,8 @@ import os
 import subprocess
 import sys
 
+from lumina_jax.errors import UserError
+
 GIB = 2**30
 ACCELERATORS = {"v5e": 16 * GIB, "h100": 80 * GIB, "v5p": 95 * GIB}
 ACCELERATOR_NAMES = {"v5e": "TPU v5e", "h100": "H100", "v5p": "TPU v5p"}
@@ -47,8 +49,8 @@ CPU_PLAN_XLA_FLAGS = ("--xla_disable_hlo_passes=while-loop-invariant-code-motion
                       "while-loop-expensive-invariant-code-motion")
 
 
-class PlanError(ValueError):
-    pass
+class PlanError(UserError, ValueError):
+    """The config cannot be planned (e.g. no mesh fits)."""
 
 
 def register(subparsers) -> None:
