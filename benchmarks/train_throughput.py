@@ -24,7 +24,7 @@ import numpy as np
 from lumina_jax.diffusion.loss import LossConfig, TaskSpec
 from lumina_jax.model import get_preset, token_count
 from lumina_jax.parallel import get_rules, make_mesh
-from lumina_jax.train.metrics import measured_matmul_flops
+from lumina_jax.train.metrics import device_peak_flops, measured_matmul_flops
 from lumina_jax.train.state import OptimConfig, create_sharded_state, make_optimizer
 from lumina_jax.train.step import TrainStep, global_batch
 
@@ -63,9 +63,13 @@ def run(args) -> dict:
 
     state, m = step(state, batches, key)  # warm-up
     jax.block_until_ready(m)
-    times, peaks = [], []
+    # CPU: the peak is this machine's fp32 matmul, timed between steps (it drifts with
+    # load); accelerators: the data sheet's dense bf16 peak (metrics.PEAK_FLOPS).
+    on_cpu = jax.default_backend() == "cpu"
+    times, peaks = [], [] if on_cpu else [device_peak_flops()]
     for _ in range(args.steps):
-        peaks.append(measured_matmul_flops(args.matmul_n, repeats=3))
+        if on_cpu:
+            peaks.append(measured_matmul_flops(args.matmul_n, repeats=3))
         t0 = time.perf_counter()
         state, m = step(state, batches, key)
         jax.block_until_ready((state, m))
