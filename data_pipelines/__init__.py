@@ -24,7 +24,8 @@ Public API:
   task_from_dict(d)                  Task from a dict/ConfigDict (sources as a mapping);
                                      unknown keys raise ValueError
   check_task(task)                   ValueError('<field>: ...') before any compute
-  DataError                          a stream that cannot produce batches (ValueError)
+  DataError                          unusable data: bad manifest line, no usable media, a
+                                     stream of only bad files (lumina_jax UserError, ValueError)
   make_dataset(task, shard_index=None, shard_count=None) -> grain.IterDataset
   make_iterator(task, ...) -> grain.DatasetIterator   infinite; per-host sharded
       (defaults: jax.process_index/count); it.get_state()/it.set_state(s) resume the

@@ -8,7 +8,10 @@
 
 Videos are encoded whole from frame 0 up to --max-duration seconds at --fps (all
 latents stored; training draws windows). Skipped, and counted per reason: unreadable
-files, items smaller than resolution^2, videos below half the fps, clips too short.
+files (also FIFOs and broken links), items smaller than resolution^2, videos below half the
+fps, clips too short, unknown extensions, captions without media, unreadable captions
+(sidecar .txt: UTF-8, UTF-16 with a BOM, else Latin-1). A malformed manifest line or input
+with no usable media is an error; the output folder is replaced only when all is written.
 
 Standalone: python -m data_pipelines.cli prepare ...
 """
@@ -18,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
 from data_pipelines import encoders
+from lumina_jax.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -97,7 +102,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="data_pipelines")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except UserError as e:  # as lumina-jax prints it: one line naming the file and the fix
+        sys.exit(f"data_pipelines {args.command}: error: {e}")
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ import grain
 import numpy as np
 
 from data_pipelines import buckets as bk
-from lumina_jax.errors import UserError
 from data_pipelines import encoders, manifest, shards, video
+from data_pipelines.manifest import DataError  # re-exported: a stream that cannot produce batches
 
 log = logging.getLogger("data_pipelines")
 
@@ -57,10 +57,6 @@ class Source:
 
 
 MEDIA = ("video", "image")
-
-
-class DataError(UserError, ValueError):
-    """A task's data cannot produce batches (e.g. every file of a bucket fails to load)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,18 +361,18 @@ class _DropSkippedIterDataset(grain.IterDataset):
     `limit` markers in a row raise DataError: a stream of only bad files must not spin.
     """
 
-    def __init__(self, parent, limit: int, where: str):
+    def __init__(self, parent, limit: int, where: str, folders: Mapping[str, str]):
         super().__init__(parent)
-        self._limit, self._where = limit, where
+        self._args = (limit, where, dict(folders))
 
     def __iter__(self):
-        return _DropSkippedIterator(self._parent.__iter__(), self._limit, self._where)
+        return _DropSkippedIterator(self._parent.__iter__(), *self._args)
 
 
 class _DropSkippedIterator(grain.DatasetIterator):
-    def __init__(self, parent, limit: int, where: str):
+    def __init__(self, parent, limit: int, where: str, folders: dict[str, str]):
         super().__init__(parent)
-        self._limit, self._where = limit, where
+        self._limit, self._where, self._folders = limit, where, folders
         self._pending: list[tuple[str, str]] = []
 
     def __next__(self):
@@ -386,12 +382,15 @@ class _DropSkippedIterator(grain.DatasetIterator):
                 ex = dict(ex, skipped_files=self._pending)
                 self._pending = []
                 return ex
-            log.debug("bad file %s: %s", ex["skipped"], ex["reason"])
+            # Warn now (once per file), not when the next batch is out: a bad streak may
+            # take a while, and it should not look like a silent hang.
+            manifest.warn_skip(ex["skipped"], ex["reason"])
             self._pending.append((ex["skipped"], ex["reason"]))
         raise DataError(
-            f"{self._where}: {self._limit} examples in a row failed to load; last: source "
-            f"{ex['source']!r}, {ex['skipped']}: {ex['reason']} (fix or remove the bad files, "
-            f"or raise max_consecutive_failures)"
+            f"{self._where}: {self._limit} examples in a row failed to load from source "
+            f"{ex['source']!r} ({self._folders[ex['source']]}); last: {ex['skipped']}: "
+            f"{ex['reason']} (fix or remove the bad files, re-run lumina-jax prepare for a "
+            f"prepared folder, or raise max_consecutive_failures)"
         )
 
     def get_state(self):
@@ -532,8 +531,11 @@ def plan_task(task: Task) -> TaskPlan:
         else:
             log.warning("source %s has no %s clips in %s", src.name, task.media, src.path)
     if not per_source:
-        raise DataError(f"no usable {task.media} clips in any source of {task} (skipped: "
-                        f"{manifest.skip_counts(skipped)})")
+        paths = sorted({s.path for s in task.sources if s.weight > 0})
+        raise DataError(f"no usable {task.media} clips in {', '.join(paths)} (skipped: "
+                        f"{manifest.skip_counts(skipped) or 'none'}; see the warnings above): "
+                        f"add {task.media}s of at least {task.resolution}^2 pixels or fix the "
+                        f"task's sources")
     weight = {s.name: s.weight for s in task.sources}
     groups: dict[str, dict[str, list[dict]]] = {}
     for name, clips in per_source.items():
@@ -563,6 +565,7 @@ def make_dataset(
         num_threads=task.read_threads, prefetch_buffer_size=max(task.read_threads, task.batch_size)
     )
     per_bucket = {}
+    folders = {src.name: src.path for src in task.sources}
     for b, group in plan.groups.items():
         streams = {}
         for s, clips in sorted(group.items()):
@@ -577,10 +580,9 @@ def make_dataset(
             if len(streams) > 1
             else next(iter(streams.values()))
         )
-        where = f"{task.media} task, bucket {b}"
-        per_bucket[b] = _DropSkippedIterDataset(mixed, task.max_consecutive_failures, where).batch(
-            task.batch_size, drop_remainder=True, batch_fn=_Collate(task, b)
-        )
+        per_bucket[b] = _DropSkippedIterDataset(
+            mixed, task.max_consecutive_failures, f"{task.media} task, bucket {b}", folders
+        ).batch(task.batch_size, drop_remainder=True, batch_fn=_Collate(task, b))
     ds = (
         grain.IterDataset.mix(per_bucket, plan.bucket_weights)
         if len(per_bucket) > 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 
 import av
 import numpy as np
@@ -39,9 +40,21 @@ def _rotate(img: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(img, k)) if k else img
 
 
+def check_file(path: str) -> int:
+    """The size of `path`; DecodeError unless it is a regular file: opening a FIFO (or a
+    device) named like media would block or never end."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise DecodeError(f"missing file or broken link: {path} ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DecodeError(f"not a regular file (FIFO, device, socket or folder): {path}")
+    return st.st_size
+
+
 def _open(path: str):
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        raise DecodeError(f"missing or zero-length file: {path}")
+    if check_file(path) == 0:
+        raise DecodeError(f"zero-length file: {path}")
     try:
         container = av.open(path)
     except (av.FFmpegError, OSError, ValueError) as e:
@@ -111,6 +124,7 @@ def probe(path: str) -> dict:
 
 def read_image(path: str) -> np.ndarray:
     """RGB uint8 [H, W, 3] with EXIF orientation applied."""
+    check_file(path)
     try:
         with Image.open(path) as im:
             return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
