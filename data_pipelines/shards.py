@@ -24,6 +24,8 @@ import struct
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from data_pipelines.manifest import DataError
+
 PREPARED_META = "prepared.json"
 EXAMPLES = "examples.jsonl"
 NULL_CAPTIONS = "null_captions.npz"
@@ -131,7 +133,14 @@ def read_prepared(folder: str) -> tuple[dict, list[dict]]:
     """(meta, examples) of a prepared folder; example i is record i across the shards."""
     meta = read_meta(folder)
     with open(os.path.join(folder, EXAMPLES)) as f:
-        examples = [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    # Counted before parsing: a folder written in place by an older prepare and cut short
+    # (its last line half written) must read as incomplete, not as a JSON traceback.
+    if len(lines) != meta["num_examples"]:
+        raise DataError(f"{folder} is incomplete: {len(lines)} of {meta['num_examples']} "
+                        f"examples (a prepare was stopped while writing it): re-run "
+                        f"lumina-jax prepare")
+    examples = [json.loads(line) for line in lines]
     for i, ex in enumerate(examples):
         ex["record"] = i
     return meta, examples
