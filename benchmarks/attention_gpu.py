@@ -54,13 +54,15 @@ def main():
     p.add_argument("--impls", nargs="+", default=["pallas", "cudnn", "xla"])
     p.add_argument("--block-q", type=int, default=DEFAULT_BLOCK_SIZES["gpu"].block_q)
     p.add_argument("--block-k", type=int, default=DEFAULT_BLOCK_SIZES["gpu"].block_k)
+    p.add_argument("--block-q-dkv", type=int, help="dk/dv pass (default: --block-q)")
+    p.add_argument("--block-k-dkv", type=int, help="dk/dv pass (default: --block-k)")
     p.add_argument("--iters", type=int, default=5)
     args = p.parse_args()
     if jax.default_backend() != "gpu":
         print(f"attention_gpu.py needs a GPU; JAX backend is {jax.default_backend()!r} "
               f"(devices: {jax.devices()}). Nothing measured.", file=sys.stderr)
         sys.exit(2)
-    bs = BlockSizes(args.block_q, args.block_k)
+    bs = BlockSizes(args.block_q, args.block_k, args.block_q_dkv, args.block_k_dkv)
     print(f"# {jax.devices()[0].device_kind}; B=1 Hq={args.heads} Hkv={args.kv_heads} "
           f"D={args.head_dim} bf16; pallas blocks {bs}")
     print(f"{'N':>7} {'impl':>7} | {'fwd ms':>9} {'TFLOP/s':>8} | "

@@ -141,6 +141,8 @@ def main():
     ap.add_argument("--budget-s", type=float, default=420.0,
                     help="start no row after this many seconds (rows run ~10-90 s each)")
     ap.add_argument("--out", help="append each row as a JSON line here")
+    ap.add_argument("--only", nargs="+", default=(), metavar="TEXT",
+                    help="run only the rows whose name contains one of these")
     args = ap.parse_args()
     if not args.dry_run and jax.default_backend() == "cpu":
         sys.exit("device_check.py: JAX sees only a CPU; run it on a GPU, or pass --dry-run")
@@ -150,6 +152,8 @@ def main():
     print("# " + json.dumps(env), flush=True)
     results = []
     for name, fn, kwargs in plan(args.dry_run):
+        if args.only and not any(t in name for t in args.only):
+            continue
         row = {"row": name}
         elapsed = time.perf_counter() - start
         if elapsed > args.budget_s:

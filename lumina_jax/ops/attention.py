@@ -128,8 +128,8 @@ def pallas_attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, kv_mas
 def cudnn_attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, kv_mask=None, scale):
     """cuDNN fused attention; raises (NotImplementedError/ValueError) where unsupported."""
     mask = attention_mask(q_segment_ids, kv_segment_ids, kv_mask)
-    if mask is not None:
-        mask = mask[:, :, 0]  # [B, 1, Nq, Nk], broadcast over heads
+    if mask is not None:  # cuDNN wants [B, 1, Nq, Nk] (broadcast over heads only)
+        mask = jnp.broadcast_to(mask[:, :, 0], (q.shape[0], 1, q.shape[1], k.shape[1]))
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
                                        implementation="cudnn")
     if mask is not None:  # our contract: rows with nothing to attend are zeros
