@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from flax import nnx
 
-from lumina_jax.export.state_dict import (expected_shapes, from_torch, model_args,
-                                          strip_compile_mark, to_torch)
+from lumina_jax.export.state_dict import (WeightsError, expected_shapes, from_torch,
+                                          model_args, strip_compile_mark, to_torch)
 from lumina_jax.model.config import ModelConfig
 
 CONSOLIDATED = "consolidated.00-of-01"
 CONSOLIDATED_EMA = "consolidated_ema.00-of-01"
+STEMS = {"ema": CONSOLIDATED_EMA, "params": CONSOLIDATED}  # which weights -> file stem
 _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bfloat16",
               "I64": np.int64, "I32": np.int32}
 
@@ -69,10 +70,7 @@ def write_safetensors(path: str, shapes: dict[str, tuple[int, ...]],
 
 def read_safetensors(path: str, mode: str = "r"):
     """Header shapes and a per-tensor getter backed by a memory map (keys as in the file)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
+    n, header = _safetensors_header(path)
     mm = np.memmap(path, dtype=np.uint8, mode=mode)
     base = 8 + n
 
@@ -90,15 +88,44 @@ def read_safetensors(path: str, mode: str = "r"):
     return {k: tuple(v["shape"]) for k, v in header.items()}, get
 
 
+def _safetensors_header(path: str) -> tuple[int, dict]:
+    """(header length, header without metadata); WeightsError unless the file is a
+    complete safetensors file (a parsable header and every tensor's bytes present)."""
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if 8 + n > size:
+                raise ValueError(f"a header of {n} bytes in a file of {size}")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    except (struct.error, ValueError, AttributeError, KeyError, TypeError, IndexError) as e:
+        raise WeightsError(f"{path} is not a safetensors file, or is truncated (bad header: "
+                           f"{e}); copy or export it again") from None
+    if 8 + n + end > size:
+        raise WeightsError(f"{path} is truncated: its header announces {8 + n + end} bytes, "
+                           f"the file has {size}; copy or export it again")
+    return n, header
+
+
 def read_pth(path: str) -> tuple[dict[str, tuple[int, ...]], Callable[[str], np.ndarray]]:
+    if not _have_torch():
+        raise WeightsError(f"reading {path} needs torch (pip install torch); or give the "
+                           f".safetensors file")
     import torch
 
     try:
-        sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError:  # legacy (pre-zip) .pth files cannot be memory-mapped
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:  # legacy (pre-zip) .pth files cannot be memory-mapped
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure: the file is not a usable .pth
+        reason = f"{type(e).__name__}: {str(e).strip()}".splitlines()[0][:150]
+        raise WeightsError(f"{path} is not a readable PyTorch file ({reason}); is it "
+                           f"truncated? copy or export it again") from None
     if not isinstance(sd, dict):
-        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state_dict")
+        raise WeightsError(f"{path} holds a {type(sd).__name__}, not a state_dict")
     # bf16/fp16 are widened to fp32 per tensor (numpy has no bf16 bridge in torch).
     return ({k: tuple(v.shape) for k, v in sd.items()},
             lambda name: sd[name].detach().float().numpy())
@@ -111,10 +138,11 @@ def read_state_dict(path: str):
     elif path.endswith((".pth", ".pt", ".bin")):
         shapes, get = read_pth(path)
     else:
-        raise ValueError(f"{path}: expected a .safetensors or .pth file")
+        raise WeightsError(f"{path}: expected a .safetensors or .pth file (or a folder "
+                           f"written by export)")
     names = {strip_compile_mark(k): k for k in shapes}
     if len(names) != len(shapes):
-        raise ValueError(f"{path}: keys collide once '_orig_mod.' is removed")
+        raise WeightsError(f"{path}: keys collide once '_orig_mod.' is removed")
     return {c: shapes[k] for c, k in names.items()}, lambda c: get(names[c])
 
 
@@ -170,21 +198,43 @@ def export_params(params, cfg: ModelConfig, out_dir: str, ema_params=None, *,
     return written
 
 
-def import_params(path: str, cfg: ModelConfig) -> nnx.State:
+def find_weights(path: str, which: str | None = None) -> tuple[str, str | None]:
+    """(state_dict file, "ema" / "params" / None if unknown) for a file or an export folder.
+
+    In a folder written by `export_params`, which="ema" takes consolidated_ema.00-of-01.*
+    (the EMA weights, what an export publishes as the model), "params" the raw
+    consolidated.00-of-01.*, None the EMA ones when present, else params; the safetensors
+    file is preferred over the .pth. A file is taken as it is (`which` must be None).
+    Raises WeightsError when there is no such file.
+    """
+    if not os.path.exists(path):
+        raise WeightsError(f"{path} does not exist; give a .safetensors/.pth file or a "
+                           f"folder written by `lumina-jax export`")
+    if not os.path.isdir(path):
+        if which is not None:
+            raise WeightsError(f"{path} is a single file: EMA or params can only be chosen "
+                               f"in an export folder; drop the choice or give the folder")
+        name = os.path.basename(path)
+        return path, next((w for w, stem in STEMS.items() if name.startswith(stem + ".")),
+                          None)
+    for w in [which] if which else STEMS:
+        for ext in (".safetensors", ".pth"):
+            candidate = os.path.join(path, STEMS[w] + ext)
+            if os.path.exists(candidate):
+                return candidate, w
+    wanted = " or ".join(STEMS[w] + ".safetensors/.pth" for w in ([which] if which else STEMS))
+    raise WeightsError(f"{path} has no {wanted}; give a folder written by `lumina-jax "
+                       f"export` or a state_dict file")
+
+
+def import_params(path: str, cfg: ModelConfig, which: str = "params") -> nnx.State:
     """Load a PyTorch-layout checkpoint into the Param state of NextDiT(cfg).
 
-    path: a .safetensors/.pth file, or a directory holding consolidated.00-of-01.* (the
-    safetensors file is preferred). Use `nnx.update(model, state)` to load it.
-    Raises ValueError naming the first mismatching key (expected vs found shape) and
-    any missing or unexpected keys.
+    path: a .safetensors/.pth file, or an export folder, from which the `which` weights
+    ("params" or "ema", see `find_weights`) are taken. Use `nnx.update(model, state)` to
+    load it. Raises WeightsError (a ValueError) for a missing or unreadable file, naming
+    the first mismatching key (expected vs found shape) and any missing or unexpected keys.
     """
-    if os.path.isdir(path):
-        for ext in (".safetensors", ".pth"):
-            candidate = os.path.join(path, CONSOLIDATED + ext)
-            if os.path.exists(candidate):
-                path = candidate
-                break
-        else:
-            raise FileNotFoundError(f"no {CONSOLIDATED}.safetensors or .pth in {path}")
+    path, _ = find_weights(path, which if os.path.isdir(path) else None)
     shapes, get = read_state_dict(path)
     return from_torch(get, shapes, cfg, source=path)

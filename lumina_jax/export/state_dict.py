@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from lumina_jax.errors import UserError
 from lumina_jax.model import NextDiT
 from lumina_jax.model.config import ModelConfig
 
@@ -32,6 +33,10 @@ RENAMES = {
 # torch.compile wraps modules: keys gain "_orig_mod." in front of the model or of each
 # compiled block (`layers.3._orig_mod.attention...`); the official loaders drop it anywhere.
 COMPILE_MARK = "_orig_mod."
+
+
+class WeightsError(UserError, ValueError):
+    """Weights given to import that cannot be used: missing, unreadable, or another model's."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +132,7 @@ def strip_compile_mark(name: str) -> str:
 
 
 def check_shapes(found: Mapping[str, tuple[int, ...]], cfg: ModelConfig, source: str = "file"):
-    """Raise ValueError unless `found` (clean name -> shape) is exactly the layout of cfg."""
+    """Raise WeightsError unless `found` (clean name -> shape) is exactly the layout of cfg."""
     expected = expected_shapes(cfg)
     problems = []
     for name, shape in expected.items():
@@ -142,8 +147,9 @@ def check_shapes(found: Mapping[str, tuple[int, ...]], cfg: ModelConfig, source:
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:5]}")
     if problems:
-        raise ValueError(f"{source} does not match the state_dict layout of this ModelConfig "
-                         f"({len(expected)} tensors): " + "; ".join(problems))
+        raise WeightsError(f"{source} does not match the state_dict layout of this ModelConfig "
+                           f"({len(expected)} tensors): " + "; ".join(problems) +
+                           "; use the config of the model that wrote these weights")
 
 
 def from_torch(get: Callable[[str], np.ndarray], found: Mapping[str, tuple[int, ...]],
