@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+from lumina_jax.errors import UserError
 
 
 def _register_info(subparsers) -> None:
@@ -110,19 +113,26 @@ def _register_sample(subparsers) -> None:
 
 def _run_sample(args) -> int:
     import dataclasses
-    import os
     import time
 
+    from lumina_jax.diffusion.sampler import PRESETS
     from lumina_jax.train import samples
-    from lumina_jax.train.loop import load_run, sample_spec
+    from lumina_jax.train.loop import sample_spec
 
-    exp, state = load_run(args.checkpoint, args.step)
+    _check_ranges(args, step=(0, None), size=(1, None), num_steps=(1, None),
+                  seed=(0, 2**31 - 1), cfg=(0, None), motion=(0, None))
+    if args.preset is not None and args.preset not in PRESETS:
+        raise UserError(f"--preset {args.preset}: no such sampler preset; choose one of "
+                        f"{', '.join(PRESETS)}")
+    if args.out is not None:
+        _check_new_folder(args.out)
+    exp, state = _load_run(args.checkpoint, args.step)
     step = int(state["step"])
     print(f"checkpoint step {step} of {args.checkpoint}, "
           f"{'EMA' if args.weights == 'ema' else 'raw (non-EMA)'} weights")
     spec = sample_spec(exp.config, exp, prompts=args.prompt)
     if spec is None:
-        raise SystemExit("sample: give --prompt (the config has no sample prompts)")
+        raise UserError(f"{args.checkpoint}/config.json has no sample prompts; give --prompt")
     settings = dict(spec.settings)
     for name, value in (("num_steps", args.num_steps), ("cfg", args.cfg),
                         ("motion", args.motion)):
@@ -137,6 +147,7 @@ def _run_sample(args) -> int:
     if args.size is not None:
         changes["frames"], changes["height"], changes["width"] = args.size
     spec = dataclasses.replace(spec, **changes)
+    _check_latent_size(spec)
     latents = samples.generate(exp.model, state[args.weights], spec)
     out = args.out or _new_folder(os.path.join(
         args.checkpoint, "samples", f"step{step:07d}_{time.strftime('%Y%m%d-%H%M%S')}"))
@@ -145,10 +156,75 @@ def _run_sample(args) -> int:
     return 0
 
 
+def _check_ranges(args, **ranges: tuple[float, float | None]) -> None:
+    """UserError for a numeric argument (or any of its values) outside [low, high]."""
+    for name, (low, high) in ranges.items():
+        value = getattr(args, name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if value is not None and any(v < low or (high is not None and v > high)
+                                     for v in values):
+            want = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise UserError(f"--{name.replace('_', '-')} {' '.join(map(str, values))}: "
+                            f"{'each value ' if len(values) > 1 else ''}must be {want}")
+
+
+def _check_latent_size(spec) -> None:
+    """UserError unless every patch size the sampler will use tiles the latent size."""
+    from lumina_jax.diffusion.sampler import plan
+
+    for p, pf in sorted({s.patch_size for s in plan(spec.sample_settings())}):
+        if spec.height % p or spec.width % p or (spec.frames > 1 and spec.frames % pf):
+            raise UserError(
+                f"latent size F H W = {spec.frames} {spec.height} {spec.width} does not fit "
+                f"the sampler's patch size {pf}x{p}: H and W must be multiples of {p}, F 1 "
+                f"(an image) or a multiple of {pf}; change --size")
+
+
+def _check_new_folder(path: str) -> None:
+    """UserError unless `path` is a new or empty folder (nothing gets overwritten)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"--out {path} is a file; give a new folder")
+    if os.path.isdir(path) and os.listdir(path):
+        raise UserError(f"--out {path} is not empty; give a new or empty folder (nothing "
+                        f"is overwritten)")
+
+
+def _checkpoint_steps(workdir: str) -> list[int]:
+    """The steps saved under `workdir/checkpoints` (Orbax names each step's folder by it)."""
+    folder = os.path.join(workdir, "checkpoints")
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def _steps_text(steps: list[int]) -> str:
+    shown = steps if len(steps) <= 10 else steps[:3] + ["..."] + steps[-6:]
+    return ", ".join(map(str, shown))
+
+
+def _load_run(workdir: str, step: int | None):
+    """`load_run`, with a wrong workdir or step as a one-line UserError."""
+    from lumina_jax.train.loop import load_run
+
+    if not os.path.isfile(os.path.join(workdir, "config.json")):
+        what = ("has no config.json" if os.path.isdir(workdir) else
+                "is a file" if os.path.exists(workdir) else "does not exist")
+        raise UserError(f"--checkpoint {workdir} {what}; give the --workdir of a "
+                        f"`lumina-jax train` or `lumina-jax import` run")
+    steps = _checkpoint_steps(workdir)
+    if not steps:
+        raise UserError(f"--checkpoint {workdir} has no checkpoints yet (in "
+                        f"{workdir}/checkpoints); train it first")
+    if step is not None and step not in steps:
+        raise UserError(f"--step {step}: {workdir}/checkpoints has no such step; available: "
+                        f"{_steps_text(steps)}")
+    try:
+        return load_run(workdir, step)
+    except FileNotFoundError as e:  # every candidate failed to restore (warnings above)
+        raise UserError(f"{e} (see the warnings above); give another --step") from None
+
+
 def _new_folder(path: str) -> str:
     """Create `path` (or `path_2`, ... if taken), so earlier samples are never overwritten."""
-    import os
-
     candidate, n = path, 1
     while True:
         try:
@@ -171,9 +247,10 @@ def _register_export(subparsers) -> None:
 
 def _run_export(args) -> int:
     from lumina_jax.export import export_params
-    from lumina_jax.train.loop import load_run
 
-    exp, state = load_run(args.checkpoint, args.step)
+    _check_ranges(args, step=(0, None))
+    _check_new_folder(args.out)
+    exp, state = _load_run(args.checkpoint, args.step)
     for path in export_params(state["params"], exp.model, args.out, ema_params=state["ema"]):
         print(path)
     return 0
@@ -181,21 +258,55 @@ def _run_export(args) -> int:
 
 def _register_import(subparsers) -> None:
     p = subparsers.add_parser(
-        "import", help="start a training workdir from PyTorch weights (.safetensors/.pth)")
+        "import", help="start a training workdir from PyTorch weights (.safetensors/.pth "
+                       "or an export folder)")
     p.add_argument("--weights", required=True, help="state_dict file or export folder")
+    p.add_argument("--use", choices=("ema", "params"), default=None,
+                   help="which weights of an export folder: ema (the default when present: "
+                        "what export publishes as the model) or params (the raw ones)")
     p.add_argument("--config", required=True, help="configs/x.py[:arg] of the run to start")
     p.add_argument("--workdir", required=True)
+    p.add_argument("--move-existing", action="store_true",
+                   help="if the workdir has checkpoints, first move them and its config.json "
+                        "to WORKDIR/before-import-<time>/ (nothing is deleted)")
     p.set_defaults(func=_run_import, accepts_overrides=True)
 
 
 def _run_import(args) -> int:
-    from lumina_jax.train.config import load_config
+    import time
+
+    from lumina_jax.export import check_shapes, find_weights, read_state_dict
+    from lumina_jax.train.config import build, load_config
     from lumina_jax.train.loop import import_weights
 
-    step_dir = import_weights(load_config(args.config, args.overrides), args.weights,
-                              args.workdir)
-    print(f"wrote {step_dir}; `lumina-jax train --config {args.config} --workdir "
-          f"{args.workdir}` continues from these weights")
+    weights, which = find_weights(args.weights, args.use)
+    config = load_config(args.config, args.overrides)
+    # A truncated, foreign or mismatched file fails here, before the workdir changes.
+    check_shapes(read_state_dict(weights)[0], build(config, check_data=False).model, weights)
+    if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+        raise UserError(f"--workdir {args.workdir} is a file; give a folder")
+    steps = _checkpoint_steps(args.workdir)
+    if steps and not args.move_existing:
+        raise UserError(
+            f"--workdir {args.workdir} already has checkpoints (steps {_steps_text(steps)}); "
+            f"training there would resume them, not these weights. Give a new --workdir, or "
+            f"add --move-existing to move them and config.json to "
+            f"{args.workdir}/before-import-<time>/ first")
+    if steps:
+        aside = _new_folder(os.path.join(args.workdir,
+                                         f"before-import-{time.strftime('%Y%m%d-%H%M%S')}"))
+        for name in ("checkpoints", "config.json"):
+            if os.path.exists(os.path.join(args.workdir, name)):
+                os.rename(os.path.join(args.workdir, name), os.path.join(aside, name))
+        print(f"moved the existing checkpoints (steps {_steps_text(steps)}) and config.json "
+              f"to {aside}")
+    step_dir = import_weights(config, weights, args.workdir)
+    kind = {"ema": "the EMA weights", "params": "the raw (non-EMA) params"}.get(which, "weights")
+    choice = " (choose with --use ema|params)" if os.path.isdir(args.weights) else ""
+    print(f"read {kind} from {weights}{choice}")
+    print(f"wrote {step_dir}: step 0, params and EMA both these weights, fresh optimizer "
+          f"state; config in {os.path.join(args.workdir, 'config.json')}")
+    print(f"`lumina-jax train --config {args.config} --workdir {args.workdir}` trains from them")
     return 0
 
 
@@ -223,19 +334,23 @@ REGISTRARS = [_register_info, _register_prepare, _register_train, _register_samp
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lumina-jax", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of a user error (also after the command)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for register in REGISTRARS:
         register(subparsers)
     args, extra = parser.parse_known_args(argv)
+    args.debug = args.debug or "--debug" in extra
+    extra = [a for a in extra if a != "--debug"]
     overrides = [a for a in extra if a.startswith("--config.")]
     if len(overrides) != len(extra) or (overrides and not getattr(args, "accepts_overrides", False)):
         parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in overrides) or ' '.join(extra)}")
     args.overrides = overrides
-    from lumina_jax.errors import UserError
-
     try:
         return args.func(args)
     except UserError as e:  # the user's mistake: one line that names the fix
+        if args.debug:
+            raise
         print(f"lumina-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 
