@@ -71,6 +71,9 @@ def _register_train(subparsers) -> None:
                     "keys and wrong types are rejected before any compute).")
     p.add_argument("--config", required=True, help="configs/x.py or configs/x.py:arg")
     p.add_argument("--workdir", required=True, help="checkpoints, metrics, samples go here")
+    p.add_argument("--restart", action="store_true",
+                   help="start again from step 0: move this workdir's checkpoints, metrics, "
+                        "samples and logs to <workdir>/before-restart-<time>/ (never deleted)")
     p.set_defaults(func=_run_train, accepts_overrides=True)
 
 
@@ -79,7 +82,7 @@ def _run_train(args) -> int:
     from lumina_jax.train.loop import train
 
     config = load_config(args.config, args.overrides)
-    last = train(config, args.workdir)
+    last = train(config, args.workdir, restart=args.restart)
     if last:
         print("final metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()
                                              if isinstance(v, float) and "/" not in k))
@@ -353,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"lumina-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C while training, or Ctrl-C elsewhere
+        if args.debug:
+            raise
+        print(f"lumina-jax {args.command}: aborted by Ctrl-C (nothing more was saved)",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from lumina_jax.diffusion.loss import LossConfig, TaskSpec
 from lumina_jax.model import ModelConfig, get_preset
 from lumina_jax.errors import UserError
 from lumina_jax.parallel import RULE_PRESETS
+from lumina_jax.parallel.mesh import MESH_AXES
 from lumina_jax.train.state import OptimConfig
 
 
@@ -261,4 +262,38 @@ def build(config: ml_collections.ConfigDict, check_data: bool = True) -> Experim
                             s.get("lr")))
     if not stages:
         raise ConfigError("config.stages is empty")
+    _check_run_fields(c, optim, stages)
     return Experiment(model, optim, loss, tuple(stages), config)
+
+
+def _check_run_fields(c: dict, optim: OptimConfig, stages: list[Stage]) -> None:
+    """Cadences, counts, sizes and rates that would otherwise fail after compiling (or
+    silently do nothing, like keep=0 leaving no checkpoint)."""
+    def need(ok: bool, field: str, rule: str, value) -> None:
+        if not ok:
+            raise ConfigError(f"config.{field}={value!r}: {rule}")
+
+    def whole(field: str, value, minimum: int) -> None:
+        need(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+             field, f"must be a whole number >= {minimum}", value)
+
+    ckpt = c.get("checkpoint", {})
+    whole("checkpoint.every", ckpt.get("every", 1), 1)
+    whole("checkpoint.keep", ckpt.get("keep", 1), 1)
+    whole("log_every", c.get("log_every", 1), 1)
+    whole("max_nonfinite_steps", c.get("max_nonfinite_steps", 0), 0)
+    whole("sample.every", c.get("sample", {}).get("every", 0), 0)
+    need(optim.lr > 0, "optim.lr", "must be > 0", optim.lr)
+    for i, stage in enumerate(stages):
+        if stage.lr is not None:
+            need(stage.lr > 0, f"stages[{i}].lr", "must be > 0 (or None: optim.lr)", stage.lr)
+        for task in stage.tasks:
+            whole(f"stages[{i}].tasks.{task.name}.data.batch_size", task.data.batch_size, 1)
+    for name in ("mesh", "dcn"):
+        sizes = dict(c.get(name) or {})
+        unknown = set(sizes) - set(MESH_AXES)
+        need(not unknown, name, f"unknown axes {sorted(unknown)}; use {MESH_AXES}", sizes)
+        need(all(isinstance(v, int) and (v >= 1 or v == -1) for v in sizes.values())
+             and list(sizes.values()).count(-1) <= 1, name,
+             "axis sizes must be whole numbers >= 1, with at most one -1 (the rest of the "
+             "devices)", sizes)

@@ -11,35 +11,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from lumina_jax.errors import UserError
 from lumina_jax.model import ModelConfig
 from lumina_jax.parallel import get_rules, make_mesh
 from lumina_jax.parallel.distributed import maybe_initialize
+from lumina_jax.train import guard
 from lumina_jax.train import samples as sampling
 from lumina_jax.train.checkpoint import Checkpointer, DataStreams, abstract_state
 from lumina_jax.train.config import ConfigError, Experiment, build, call_function
 from lumina_jax.train.metrics import MetricWriter, device_peak_flops
 from lumina_jax.train.state import OptimConfig, init_state, make_optimizer, state_shardings
 from lumina_jax.train.step import TrainStep, enable_compilation_cache, global_batch
-
-
-class Preemption:
-    """SIGTERM (preemption notice) asks the loop to save and exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
 
 
 def make_streams(exp: Experiment, stage_index: int) -> DataStreams:
@@ -119,26 +110,48 @@ class Window:
         return out
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train(config: ml_collections.ConfigDict, workdir: str, restart: bool = False) -> dict:
+    """Train (or resume) the run in `workdir`. `restart` moves an earlier run's checkpoints,
+    metrics and samples aside to `before-restart-<time>/` and starts from step 0."""
     config.data_dir = config.data_dir.format(workdir=workdir)
     if config.cpu_devices:  # before the backend starts; affects only the CPU platform
         jax.config.update("jax_num_cpu_devices", int(config.cpu_devices))
     if config.xla_flags:  # read when the backend starts, which has not happened yet
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {config.xla_flags}".strip()
-    if config.prepare_data:
-        build(config, check_data=False)  # a bad config fails before the data is made
-        call_function(config.prepare_data, config)
-    exp = build(config)  # every config error surfaces here, before any compute
+    exp = build(config, check_data=not config.prepare_data)  # config errors before anything
     maybe_initialize()
     lead = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
+    lock = guard.WorkdirLock(workdir)
     if lead:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
+        os.makedirs(workdir, exist_ok=True)
+        lock.acquire()
+    stop = guard.StopRequests()
+    guard.quiet_follow_on_errors()
+    try:
+        return _train(config, exp, workdir, restart, lead, stop)
+    except UserError:
+        raise
+    except Exception as e:
+        problem = guard.disk_problem(e)
+        if problem is None:
+            raise
+        raise guard.disk_error(problem, f"training in {workdir} cannot write") from None
+    finally:
+        stop.close()
+        lock.release()
 
+
+def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
+           stop: guard.StopRequests) -> dict:
+    if config.prepare_data:
+        call_function(config.prepare_data, config)
+        exp = build(config)
     if config.compilation_cache_dir:
         enable_compilation_cache(config.compilation_cache_dir.format(workdir=workdir))
-    mesh = make_mesh(dict(config.mesh), dict(config.dcn) or None)
+    try:
+        mesh = make_mesh(dict(config.mesh), dict(config.dcn) or None)
+    except ValueError as e:
+        raise ConfigError(f"config.mesh: {e}") from None
     rules = rules_of(exp)
     check_batch_sizes(exp)
     tx, stage_lrs = optimizer(exp)
@@ -146,8 +159,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     abstract = jax.eval_shape(init)
     shardings = state_shardings(abstract, mesh, rules)
 
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.keep,
-                        config.checkpoint.every, config.checkpoint.async_save)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if lead:
+        if restart and (moved := guard.move_run_aside(workdir)):
+            print(f"--restart: moved the earlier run's files to {moved}", flush=True)
+        guard.probe_writable(ckpt_dir)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("lumina_jax_workdir_ready")
+    ckpt = Checkpointer(ckpt_dir, config.checkpoint.keep, config.checkpoint.every,
+                        config.checkpoint.async_save)
     restored = ckpt.restore_latest(
         abstract_state(abstract, shardings),
         lambda meta: make_streams(exp, meta["stage"]) if meta["stage"] >= 0 else None)
@@ -155,22 +175,43 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         step, state, meta, streams = restored
         streams_stage = meta["stage"] if streams is not None else -1
         print(f"resumed from step {step} in {workdir}", flush=True)
+    elif ckpt.failures:  # checkpoints exist but none fits: never train over them
+        ckpt.close()
+        by_reason = {}
+        for s, why in sorted(ckpt.failures.items()):
+            by_reason.setdefault(why, []).append(str(s))
+        reasons = "; ".join(f"step{'s' * (len(s) > 1)} {', '.join(s)}: {why}"
+                            for why, s in by_reason.items())
+        raise UserError(
+            f"{ckpt_dir} has checkpoints but none restores ({reasons}). Nothing was changed. "
+            f"If the config differs from the run's ({workdir}/config.json), fix it (e.g. the "
+            f"--config.model.* overrides); or train in a new --workdir; or pass --restart to "
+            f"move this run's files aside and start again from step 0")
     else:
         step, streams, streams_stage = 0, None, -1
         state = jax.jit(init, out_shardings=shardings)()
+    if lead:
+        guard.record_config(workdir, config.to_json_best_effort(indent=1), step)
 
-    preemption = Preemption()
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, start_step=step)
     peak = device_peak_flops(config.peak_flops_per_device)
     spec = sample_spec(config, exp)
     key = jax.random.key(int(config.seed))
     profile = [int(s) for s in config.profile_steps.split(",")] if config.profile_steps else []
-    last = {}
+    last, nonfinite_run = {}, 0
     bar = tqdm(total=exp.total_steps, initial=step, disable=not lead, unit="step",
                dynamic_ncols=True)
 
     def save(force=False):
         ckpt.save(step, state, streams, {"step": step, "stage": streams_stage}, force=force)
+
+    def stop_now(why: str) -> dict:
+        save(force=True)
+        ckpt.close()
+        writer.close()
+        if lead:
+            bar.write(f"{why}: saved step {step}; exiting")
+        return last
 
     while step < exp.total_steps:
         stage_index, start = exp.stage_at(step)
@@ -187,7 +228,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         window = Window()
         while step < start + stage.steps:
             t0 = time.perf_counter()
-            local = {name: next(it) for name, it in streams.iterators.items()}
+            position = streams.get_state()  # where the data stood after the last step
+            stop.waiting_for_data = True
+            try:
+                local = {name: next(it) for name, it in streams.iterators.items()}
+            except guard.Interrupted:
+                streams.pin(position)
+                return stop_now(stop.name)
+            finally:
+                stop.waiting_for_data = False
             data_wait = time.perf_counter() - t0
             batches = {name: global_batch(b, mesh, rules) for name, b in local.items()}
             seen = len(train_step.compiles)
@@ -213,6 +262,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             bar.update(1)
             stage_done = step == start + stage.steps
             if step % config.log_every == 0 or stage_done:
+                nonfinite_run = _check_finite(window, nonfinite_run, config.max_nonfinite_steps,
+                                              step, ckpt)
                 last = window.summary(peak)
                 last["skipped_clips"] = int(sum(b.get("num_skipped", 0) for b in local.values()))
                 last["skipped_steps"] = int(state["skipped_steps"])
@@ -233,13 +284,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             save()
             if spec and config.sample.every and step % config.sample.every == 0:
                 _write_samples(exp, state, spec, workdir, step, writer)
-            if preemption.requested:
-                save(force=True)
-                ckpt.close()
-                writer.close()
-                if lead:
-                    bar.write(f"SIGTERM: saved step {step}; exiting")
-                return last
+            if stop.agreed():
+                return stop_now(stop.name or "stop requested by another process")
     save(force=True)
     ckpt.close()
     bar.close()
@@ -247,6 +293,26 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         _write_samples(exp, state, spec, workdir, step, writer)
     writer.close()
     return last
+
+
+class Diverged(UserError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+def _check_finite(window: Window, run: int, limit: int, step: int, ckpt: Checkpointer) -> int:
+    """Consecutive non-finite steps so far (updates are skipped on those); raise once
+    `limit` (> 0) is reached, rather than skipping to the end of the run."""
+    for finite in jax.device_get([m["finite"] for m in window.metrics]):
+        run = 0 if finite else run + 1
+    if limit and run >= limit:
+        ckpt.close()
+        steps = ckpt.steps()
+        raise Diverged(
+            f"{run} consecutive steps up to step {step} had a non-finite loss or gradient "
+            f"(their updates were skipped; config.max_nonfinite_steps={limit}). The "
+            f"checkpoints ({steps[-1] if steps else 'none'} is the newest) hold the last finite "
+            f"state: lower config.optim.lr or check the data, then resume")
+    return run
 
 
 def optimizer(exp: Experiment):
@@ -266,7 +332,7 @@ def load_run(workdir: str, step: int | None = None):
     shardings = state_shardings(abstract, make_mesh({"data": -1}), get_rules("dp"))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=None, every=1)
     restored = ckpt.restore_latest(abstract_state(abstract, shardings), lambda meta: None,
-                                   only_step=step)
+                                   only_step=step, move_corrupt=False)
     ckpt.close()
     if restored is None:
         raise FileNotFoundError(f"no restorable checkpoint{'' if step is None else f' {step}'} "
@@ -325,6 +391,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.rules = "fsdp"
     c.checkpoint = ml_collections.ConfigDict({"every": 100, "keep": 3, "async_save": True})
     c.log_every = 10
+    # Stop with an error after this many consecutive non-finite steps (0 = never; their
+    # updates are skipped either way and counted in skipped_steps).
+    c.max_nonfinite_steps = 0
     c.peak_flops_per_device = 0.0
     c.profile_steps = ""
     # JAX's persistent compilation cache ("" = off): a restart loads its executables.

@@ -42,22 +42,49 @@ def device_peak_flops(override: float = 0.0) -> float:
     return measured_matmul_flops()
 
 
+def keep_rows_up_to(path: str, step: int) -> None:
+    """Rewrite metrics.jsonl keeping whole rows of steps <= `step` (drops a torn last line
+    left by a crash or a full disk, and the rows a resumed run is about to log again)."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb") as f:
+        data = f.read()
+    rows = []
+    for line in data.split(b"\n"):
+        try:
+            if json.loads(line)["step"] <= step:
+                rows.append(line + b"\n")
+        except (ValueError, KeyError, TypeError):
+            pass  # a torn or foreign line
+    kept = b"".join(rows)
+    if kept != data:
+        with open(path + ".tmp", "wb") as f:
+            f.write(kept)
+        os.replace(path + ".tmp", path)
+
+
 class MetricWriter:
     """Scalars to `<workdir>/metrics.jsonl` and TensorBoard event files (process 0 only)."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, start_step: int = 0):
+        """`start_step`: the step training starts (or resumes) from; rows logged after it
+        by an earlier attempt are dropped, since this run logs those steps again."""
         self.enabled = jax.process_index() == 0
         self.jsonl = self.tb = None
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+            path = os.path.join(workdir, "metrics.jsonl")
+            keep_rows_up_to(path, start_step)
+            self.jsonl = open(path, "ab", buffering=0)
             self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def scalars(self, step: int, values: dict) -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        # One write call per whole line, unbuffered: a crash cannot leave half a row
+        # behind a later one (a torn last line is repaired by keep_rows_up_to).
+        self.jsonl.write((json.dumps({"step": step, **values}) + "\n").encode())
         for k, v in values.items():
             if isinstance(v, (int, float)):
                 self.tb.add_scalar(k, v, step)
