@@ -13,12 +13,10 @@ import time
 import pytest
 
 from conftest import with_xla_flags
-from train_helpers import per_step
+from train_helpers import ROOT, TINY, per_step, train_cmd
 
 from lumina_jax.train.config import ConfigError, build, load_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs" / "demo.py")
 TOTAL_STEPS = 10  # 3 + 4 + 3 in configs/demo.py:tiny
 
 
@@ -29,11 +27,6 @@ def demo_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo_data")
     demo.prepare_demo(str(folder), resolution=16, frames=8)
     return folder
-
-
-def train_cmd(workdir, demo_data, *overrides):
-    return [sys.executable, "-m", "lumina_jax.cli", "train", "--config", CONFIG + ":tiny",
-            "--workdir", str(workdir), f"--config.data_dir={demo_data}", *overrides]
 
 
 def run(workdir, demo_data, *overrides, env=None):
@@ -90,7 +83,9 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses_bitwise(
     assert proc.returncode == -signal.SIGKILL
     partial = per_step(tmp_path)
     assert len(partial) < TOTAL_STEPS
+    assert (tmp_path / "lock").exists()  # left behind by the killed trainer
     out = run(tmp_path, demo_data)
+    assert "removing the stale lock" in out and not (tmp_path / "lock").exists()
     resumed_from = int(out.split("resumed from step ")[1].split()[0])
     assert 2 <= resumed_from < TOTAL_STEPS  # it really resumed mid-way (stage 2)
     resumed = per_step(tmp_path)
@@ -140,21 +135,21 @@ def test_resume_onto_a_different_mesh_and_device_count(uninterrupted, demo_data,
 
 def test_bad_configs_are_rejected_before_any_compute(demo_data):
     with pytest.raises(ConfigError, match="unknown config key 'optim.learning_rate'"):
-        load_config(CONFIG + ":tiny", ["--config.optim.learning_rate=1e-3"])
+        load_config(TINY, ["--config.optim.learning_rate=1e-3"])
     with pytest.raises(ConfigError, match="expected a float"):
-        load_config(CONFIG + ":tiny", ["--config.optim.lr=fast"])
-    config = load_config(CONFIG + ":tiny", ["--config.stages.1.tasks.video_2x4.patch_size=(8, 2)",
+        load_config(TINY, ["--config.optim.lr=fast"])
+    config = load_config(TINY, ["--config.stages.1.tasks.video_2x4.patch_size=(8, 2)",
                                             f"--config.data_dir={demo_data}"])
     with pytest.raises(ConfigError, match=r"patch size \(8, 2\) -> \(p, pF\)=\(8, 2\) is not one of"):
         build(config)
     with pytest.raises(ConfigError, match="does not exist"):
-        build(load_config(CONFIG + ":tiny", ["--config.data_dir=/nonexistent"]))
+        build(load_config(TINY, ["--config.data_dir=/nonexistent"]))
     with pytest.raises(ConfigError, match="config.model: ModelConfig.n_kv_heads"):
-        build(load_config(CONFIG + ":tiny", ["--config.model.n_kv_heads=3",
+        build(load_config(TINY, ["--config.model.n_kv_heads=3",
                                              f"--config.data_dir={demo_data}"]))
     # the CLI reports it without starting to train
     proc = subprocess.run([sys.executable, "-m", "lumina_jax.cli", "train", "--config",
-                           CONFIG + ":tiny", "--workdir", "/tmp/never",
+                           TINY, "--workdir", "/tmp/never",
                            "--config.optim.betas=1"], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert proc.returncode != 0 and "unknown config key 'optim.betas'" in proc.stderr
@@ -174,7 +169,7 @@ def test_export_import_and_sample_commands_work_on_a_run(uninterrupted, demo_dat
                  "model_args.json"):
         assert (tmp_path / "torch" / name).exists()
     assert main(["import", "--weights", str(tmp_path / "torch" / "consolidated.00-of-01.safetensors"),
-                 "--config", CONFIG + ":tiny", "--workdir", str(tmp_path / "imported"),
+                 "--config", TINY, "--workdir", str(tmp_path / "imported"),
                  f"--config.data_dir={demo_data}"]) == 0
     _, original = load_run(str(workdir))
     _, imported = load_run(str(tmp_path / "imported"))

@@ -1,7 +1,23 @@
 """Helpers for tests that run `lumina-jax train` in subprocesses (imported explicitly)."""
 
 import json
+import os
 import pathlib
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "demo.py") + ":tiny"
+# One persistent compilation cache for every test run of the tiny curriculum: runs after
+# the first load their executables instead of compiling them (the same executables, so
+# results are unchanged).
+COMPILE_CACHE = os.path.join(tempfile.gettempdir(), f"lumina-jax-test-cache-{os.getuid()}")
+
+
+def train_cmd(workdir, demo_data, *overrides, config=TINY):
+    return [sys.executable, "-m", "lumina_jax.cli", "train", "--config", config,
+            "--workdir", str(workdir), f"--config.data_dir={demo_data}",
+            f"--config.compilation_cache_dir={COMPILE_CACHE}", *overrides]
 
 
 def per_step(workdir):
