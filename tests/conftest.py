@@ -11,3 +11,52 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".st
 def with_xla_flags(*flags: str) -> dict:
     """os.environ with `flags` appended to XLA_FLAGS (for a subprocess)."""
     return {**os.environ, "XLA_FLAGS": " ".join([os.environ["XLA_FLAGS"], *flags])}
+
+
+# ---- data and runs made once per test session, shared by the xdist workers ------------
+
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+
+import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
+
+
+def made_once(tmp_path_factory, worker_id: str, name: str, make):
+    """`<session tmp>/<name>`, made by `make(folder)` in whichever worker asks first."""
+    base = tmp_path_factory.getbasetemp()
+    root = base if worker_id == "master" else base.parent  # the parent is per session
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory, worker_id):
+    """The demo dataset at 16 px, 8 frames (prepared once)."""
+    from data_pipelines import demo
+
+    return made_once(tmp_path_factory, worker_id, "demo_data",
+                     lambda f: demo.prepare_demo(str(f), resolution=16, frames=8))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, worker_id, demo_data):
+    """(workdir, printed output) of one finished run of configs/demo.py:tiny: 10 steps over
+    3 stages, checkpoints 2, 4, 6, 8, 10, profiled at steps 1-2. Copy it before changing it."""
+    from train_helpers import ROOT, train_cmd
+
+    def make(folder):
+        proc = subprocess.run(train_cmd(folder / "run", demo_data,
+                                        "--config.profile_steps=1,2"),
+                              capture_output=True, text=True, timeout=900, cwd=ROOT)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        (folder / "output.txt").write_text(proc.stdout + proc.stderr)
+
+    folder = made_once(tmp_path_factory, worker_id, "tiny_run", make)
+    return folder / "run", (folder / "output.txt").read_text()

@@ -8,7 +8,6 @@ demo curriculum (configs/demo.py:tiny) in subprocesses, like tests/test_train.py
 import json
 import os
 import pathlib
-import resource
 import shutil
 import signal
 import socket
@@ -30,15 +29,6 @@ from lumina_jax.train.metrics import keep_rows_up_to
 TOTAL_STEPS = 10
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    from data_pipelines import demo
-
-    folder = tmp_path_factory.mktemp("demo_data")
-    demo.prepare_demo(str(folder), resolution=16, frames=8)
-    return folder
-
-
 def run(workdir, demo_data, *overrides, ok=True, **kw):
     proc = subprocess.run(train_cmd(workdir, demo_data, *overrides), capture_output=True,
                           text=True, timeout=600, cwd=ROOT, **kw)
@@ -48,11 +38,9 @@ def run(workdir, demo_data, *overrides, ok=True, **kw):
 
 
 @pytest.fixture(scope="module")
-def finished(demo_data, tmp_path_factory):
+def finished(tiny_run):
     """A finished tiny run: checkpoints 2, 4, 6, 8, 10 (every 2, keep 5)."""
-    workdir = tmp_path_factory.mktemp("finished")
-    run(workdir, demo_data)
-    return workdir
+    return tiny_run[0]
 
 
 def copy_run(finished, tmp_path):
@@ -228,13 +216,13 @@ def test_an_unwritable_checkpoint_folder_fails_at_once_in_one_line(demo_data, tm
 
 
 def test_a_full_disk_stops_in_one_line_and_leaves_whole_metric_rows(demo_data, tmp_path):
-    def small_files():  # writes past 150 kB fail like a full disk (EFBIG), even for root
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
-
     workdir = tmp_path / "run"
-    proc = run(workdir, demo_data, "--config.compilation_cache_dir=", ok=False,
-               preexec_fn=small_files)
+    # Writes past 146 KiB fail like a full disk (EFBIG), even for root.
+    small_files = ["bash", "-c", 'trap "" XFSZ; ulimit -f 146; exec "$0" "$@"']
+    proc = subprocess.run(
+        small_files + train_cmd(workdir, demo_data, "--config.compilation_cache_dir=",
+                                "--config.checkpoint.every=1"),
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
     one_line_error(proc, "cannot write", "File too large")
     for line in (workdir / "metrics.jsonl").read_text().splitlines():
         json.loads(line)
@@ -257,7 +245,21 @@ def test_ctrl_c_saves_like_sigterm(demo_data, tmp_path):
     assert not (tmp_path / guard.LOCK).exists()
 
 
-def two_process_run(workdir, demo_data, *overrides, sigterm_process=None, after_step=3):
+# One stage of the tiny curriculum (images, batch 4 = 2 per process), 6 steps: few
+# compiles, so the three two-process runs below stay short.
+ONE_STAGE = """
+from configs.demo import get_config as demo
+
+
+def get_config(arg=None):
+    c = demo("tiny")
+    c.stages = c.stages[:1]
+    c.stages[0].steps = 6
+    return c
+"""
+
+
+def two_process_run(workdir, demo_data, config, sigterm_process=None, after_step=2):
     """Train with 2 processes (1 CPU device each, gloo); optionally SIGTERM one of them."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -266,7 +268,7 @@ def two_process_run(workdir, demo_data, *overrides, sigterm_process=None, after_
     for i in range(2):
         env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
                "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i), "JAX_PLATFORMS": "cpu"}
-        procs.append(subprocess.Popen(train_cmd(workdir, demo_data, *overrides), env=env,
+        procs.append(subprocess.Popen(train_cmd(workdir, demo_data, config=config), env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True, cwd=ROOT))
     if sigterm_process is not None:
@@ -283,17 +285,19 @@ def two_process_run(workdir, demo_data, *overrides, sigterm_process=None, after_
 
 def test_preemption_of_one_host_saves_the_same_step_on_both_and_resumes_exactly(
         demo_data, tmp_path):
+    config = tmp_path / "one_stage.py"
+    config.write_text(ONE_STAGE)
     reference = tmp_path / "reference"
-    two_process_run(reference, demo_data)
+    two_process_run(reference, demo_data, str(config))
     workdir = tmp_path / "preempted"
-    outs = two_process_run(workdir, demo_data, sigterm_process=1)
+    outs = two_process_run(workdir, demo_data, str(config), sigterm_process=1)
     saved = int(outs[0].split("saved step ")[1].split(";")[0])
-    assert "SIGTERM" in outs[1] and saved < TOTAL_STEPS
+    assert "SIGTERM" in outs[1] and "SIGTERM" not in outs[0] and saved < 6
     assert max(int(p.name) for p in (workdir / "checkpoints").iterdir()
                if p.name.isdigit()) == saved
-    outs = two_process_run(workdir, demo_data)
+    outs = two_process_run(workdir, demo_data, str(config))
     assert f"resumed from step {saved}" in outs[0] + outs[1]
     want, got = per_step(reference), per_step(workdir)
-    assert sorted(got) == sorted(want) == list(range(1, TOTAL_STEPS + 1))
+    assert sorted(got) == sorted(want) == list(range(1, 7))
     for step in want:
         assert got[step]["loss"] == want[step]["loss"], step

@@ -65,15 +65,6 @@ def test_every_run_is_validated_before_any_starts(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    from data_pipelines import demo
-
-    folder = tmp_path_factory.mktemp("demo_data")
-    demo.prepare_demo(str(folder), resolution=16, frames=8)
-    return folder
-
-
 def test_two_run_sweep_of_the_demo_config_and_its_summary(demo_data, tmp_path, monkeypatch,
                                                           capsys):
     # Seeds differ only in runtime inputs, so run 2 reuses run 1's compiled step from the

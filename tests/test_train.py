@@ -20,15 +20,6 @@ from lumina_jax.train.config import ConfigError, build, load_config
 TOTAL_STEPS = 10  # 3 + 4 + 3 in configs/demo.py:tiny
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    from data_pipelines import demo
-
-    folder = tmp_path_factory.mktemp("demo_data")
-    demo.prepare_demo(str(folder), resolution=16, frames=8)
-    return folder
-
-
 def run(workdir, demo_data, *overrides, env=None):
     proc = subprocess.run(train_cmd(workdir, demo_data, *overrides), capture_output=True,
                           text=True, timeout=600, cwd=ROOT, env=env)
@@ -52,10 +43,8 @@ def start_and_signal(workdir, demo_data, sig, after_step):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(demo_data, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    out = run(workdir, demo_data, "--config.profile_steps=1,2")
-    return workdir, out
+def uninterrupted(tiny_run):
+    return tiny_run
 
 
 def test_stages_switch_shapes_and_tasks_at_the_right_steps(uninterrupted):

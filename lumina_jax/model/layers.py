@@ -14,8 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lumina_jax.model.config import ModelConfig
-from lumina_jax.ops.attention import attention
-from lumina_jax.parallel.rules import constrain
+from lumina_jax.ops.sharded import mesh_attention
+from lumina_jax.parallel.rules import constrain, splits
 
 xavier_uniform = nnx.initializers.xavier_uniform()
 normal_002 = nnx.initializers.normal(0.02)
@@ -39,11 +39,16 @@ class Dense(nnx.Module):
         self.dtype = cfg.jnp_dtype("dtype")
 
     def __call__(self, x):
-        # As a 2-D matmul: XLA:CPU runs [B, N, D] @ [D, F] (and its weight gradient, which
-        # contracts two axes) 2.3x slower than [B*N, D] @ [D, F]; elsewhere it is free.
-        lead = x.shape[:-1]
-        y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype),
-                    self.kernel[...].astype(self.dtype)).reshape(*lead, -1)
+        kernel = self.kernel[...].astype(self.dtype)
+        if x.ndim == 3 and splits("act_tokens", x.shape[1]):
+            # Tokens split over `sequence`: merging them with the batch (split over other
+            # axes) has no matching layout, so XLA would gather every token.
+            y = jnp.dot(x.astype(self.dtype), kernel)
+        else:
+            # As a 2-D matmul: XLA:CPU runs [B, N, D] @ [D, F] (and its weight gradient,
+            # which contracts two axes) 2.3x slower than [B*N, D] @ [D, F].
+            y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), kernel)
+            y = y.reshape(*x.shape[:-1], -1)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -145,16 +150,18 @@ class Attention(nnx.Module):
         k = self.k_norm(self.wk(x)).reshape(b, n, self.kv_heads, self.head_dim)
         v = self.wv(x).reshape(b, n, self.kv_heads, self.head_dim)
         q, k = apply_rope(q, rope_cos, rope_sin), apply_rope(k, rope_cos, rope_sin)
-        # Under sequence parallelism queries stay split by token while every device
-        # gathers the full keys/values (XLA inserts the all-gather).
-        q = constrain(q, ("act_batch", "act_tokens", "act_heads", None))
-        k = constrain(k, ("act_batch", None, "act_heads", None))
-        v = constrain(v, ("act_batch", None, "act_heads", None))
-        out = attention(q, k, v, impl=self.impl)
+        # On a mesh the kernels run inside shard_map: batch and heads split as the rules
+        # say, and tokens split over `sequence` swapped for heads (Ulysses) around the
+        # kernel, so no device gathers the full q, k or v (ops/sharded.py). The
+        # constraints keep XLA from gathering tokens at the reshapes above.
+        q, k, v = (constrain(x, ("act_batch", "act_tokens", "act_heads", None))
+                   for x in (q, k, v))
+        out = mesh_attention(q, k, v, impl=self.impl)
 
         yk = self.ky_norm(self.wk_y(y)).reshape(b, -1, self.kv_heads, self.head_dim)
         yv = self.wv_y(y).reshape(b, -1, self.kv_heads, self.head_dim)
-        out_y = attention(q, yk, yv, kv_mask=y_mask, impl=self.impl)
+        out_y = mesh_attention(q, yk, yv, kv_mask=y_mask, impl=self.impl,
+                               self_attention=False)
         gate = jnp.tanh(self.gate[...].astype(jnp.float32)).astype(out.dtype)
         out = out + gate[None, None, :, None] * out_y
         return self.wo(out.reshape(b, n, self.n_heads * self.head_dim))

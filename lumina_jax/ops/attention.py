@@ -22,6 +22,8 @@ A query row with no key to attend to returns zeros, never NaN.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import jax
@@ -84,8 +86,25 @@ def attention(
                             interpret=interpret, platform=platform)
 
 
+# The platform kernels are chosen for when a call names none: the backend, unless code
+# that lowers for another one (jax.export, plan) says otherwise with `kernels_for`.
+_TARGET: contextvars.ContextVar = contextvars.ContextVar("attention_platform", default=None)
+
+
+@contextlib.contextmanager
+def kernels_for(platform: str):
+    """Pick attention kernels for `platform` ("gpu"/"cuda", "tpu") while tracing inside,
+    e.g. to `jax.export` a whole model for an accelerator from a CPU machine. Only new
+    traces see it: a jitted function already traced for these shapes keeps its kernels."""
+    token = _TARGET.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
+
+
 def _platform(platform):
-    platform = platform or jax.default_backend()
+    platform = platform or _TARGET.get() or jax.default_backend()
     return "gpu" if platform in ("gpu", "cuda", "rocm") else platform
 
 

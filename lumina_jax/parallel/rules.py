@@ -29,8 +29,12 @@ RULE_PRESETS: dict[str, dict] = {
     # + Megatron tensor parallelism over heads and the FFN hidden axis.
     "fsdp_tp": {**_BATCH, **_FSDP, "heads": "tensor", "kv_heads": "tensor", "mlp": "tensor",
                 "act_heads": "tensor"},
-    # + the token axis of activations split over `sequence` (long videos).
+    # + the token axis of activations split over `sequence` (long videos; attention runs
+    # Ulysses-style, see ops/sharded.py).
     "fsdp_sp": {**_BATCH, **_FSDP, "act_tokens": "sequence"},
+    # tensor and sequence parallelism together.
+    "fsdp_tp_sp": {**_BATCH, **_FSDP, "heads": "tensor", "kv_heads": "tensor", "mlp": "tensor",
+                   "act_heads": "tensor", "act_tokens": "sequence"},
 }
 
 
@@ -75,6 +79,20 @@ def activation_sharding(mesh: Mesh, rules: Rules):
         yield
     finally:
         _CONTEXT.reset(token)
+
+
+def splits(name: str, size: int) -> bool:
+    """Whether the active rules split a dim named `name` of `size` over the mesh."""
+    ctx = _CONTEXT.get()
+    if ctx is None:
+        return False
+    mesh, rules = ctx
+    return any(logical_to_spec((name,), (size,), rules, mesh, where="activation"))
+
+
+def current_sharding() -> tuple[Mesh, Rules] | None:
+    """(mesh, rules) of the enclosing `activation_sharding`, or None."""
+    return _CONTEXT.get()
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:

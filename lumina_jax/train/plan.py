@@ -11,10 +11,13 @@ update; the peak is the state and gradient accumulator plus the largest of those
   * `compiled`: the real jitted train step lowered and compiled for N fake CPU devices
     (`--xla_force_host_platform_device_count=N`, in a subprocess) with the config's
     remat and dtypes; `compiled.memory_analysis()` gives arguments / temporaries per
-    device. (Attention lowers to the chunked XLA path on CPU, tiled and linear in memory
-    like the flash kernels used on GPU/TPU; see CPU_PLAN_XLA_FLAGS for the one pass
-    the compile turns off. XLA:CPU still computes bf16 elementwise work in fp32, so the
-    figure is an upper bound for bf16 accelerators.)
+    device. Attention runs inside shard_map with the same specs and Ulysses all-to-alls
+    as on the accelerator (ops/sharded.py), so the sharding and communication match;
+    only the kernel differs: XLA:CPU cannot compile the Triton/Mosaic kernels, so the
+    chunked XLA path (tiled, linear in memory like them) stands in for them. Their own
+    lowering for CUDA and TPU is checked by `jax.export` in tests/test_parallel.py. See
+    CPU_PLAN_XLA_FLAGS for the one pass the compile turns off. XLA:CPU still computes
+    bf16 elementwise work in fp32, so the figure is an upper bound for bf16 accelerators.
   * `analytic`: `jax.eval_shape` of the sharded state (exact params / optimiser / EMA
     bytes per device) plus an activation estimate for the remat policy. Used for the
     smallest-mesh search (the largest axis doubles, then `sequence` once each chip
