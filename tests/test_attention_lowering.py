@@ -52,3 +52,20 @@ def test_pallas_forward_backward_exports(target_platform):
 def test_export_without_disabling_the_check_fails():
     with pytest.raises(ValueError, match="custom call"):
         export.export(_fwd_bwd("gpu"), platforms=["cuda"])(*_args(hq=2, hkv=1, d=64))
+
+
+def test_auto_says_which_kernel_it_picked_once_per_shape(capsys):
+    from lumina_jax.ops.attention import kernels_for
+
+    q, k, v = _args(hq=4, hkv=2, d=64)[:3]
+    f = lambda q, k, v: attention(q, k, v, impl="auto")
+    with kernels_for("gpu"):  # this CPU has no cuDNN: auto falls back to our kernel
+        jax.eval_shape(f, q, k, v)
+        jax.eval_shape(f, q, k, v)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "attention auto on gpu: pallas for q [1, 300, 4, 64], k [1, 300, 2, 64] bfloat16 "
+        "(cuDNN refused: "), lines
+    with kernels_for("tpu"):  # a new function: a traced one keeps the kernels it picked
+        jax.eval_shape(lambda q, k, v: attention(q, k, v, impl="auto"), q, k, v)
+    assert capsys.readouterr().out.startswith("attention auto on tpu: pallas for q")

@@ -28,9 +28,6 @@ RUNS = ["data=8/dp/pallas", "fsdp=8/fsdp/pallas", "fsdp=4,tensor=2/fsdp_tp/palla
         "fsdp=2,tensor=2,sequence=2/fsdp_tp_sp/pallas/export",
         "fsdp=2,tensor=2,sequence=2/fsdp_tp_sp", "data=1/dp/1"]
 ULYSSES = [r for r in RUNS if "sequence" in r]
-# The tests that read these runs go to one xdist worker (the other one goes on with other
-# tests instead of waiting for the runs).
-EIGHT = pytest.mark.xdist_group(name="eight_devices")
 WQ = "['layers']['attention']['wq']['kernel'].value"
 W2 = "['layers']['feed_forward']['w2']['kernel'].value"
 
@@ -58,7 +55,6 @@ def eight_devices(tmp_path_factory, worker_id):
     return json.loads((folder / "report.json").read_text())
 
 
-@EIGHT
 def test_losses_and_gradients_match_the_unsharded_xla_reference(eight_devices):
     reference = eight_devices["data=1/dp/1"]
     assert len(reference["losses"]) == 3 and len(set(reference["losses"])) == 3  # it trains
@@ -69,7 +65,6 @@ def test_losses_and_gradients_match_the_unsharded_xla_reference(eight_devices):
                                    rtol=1e-4, err_msg=run)
 
 
-@EIGHT
 def test_sequence_parallel_attention_never_gathers_full_length_qkv(eight_devices):
     for run in RUNS:
         assert eight_devices[run]["qkv_gathers"] == [], run
@@ -77,7 +72,6 @@ def test_sequence_parallel_attention_never_gathers_full_length_qkv(eight_devices
         assert eight_devices[run]["all_to_alls"] >= 4, run
 
 
-@EIGHT
 def test_sharded_train_step_with_kernels_exports_for_tpu_and_cuda(eight_devices):
     for run in [r for r in RUNS if r.endswith("/export")]:
         exports = eight_devices[run]["exports"]
@@ -88,7 +82,6 @@ def test_sharded_train_step_with_kernels_exports_for_tpu_and_cuda(eight_devices)
             assert lowered["all_to_alls"] >= 4, (run, platform)  # Ulysses, both ways
 
 
-@EIGHT
 def test_parameter_shardings_follow_the_rules(eight_devices):
     specs = {run: eight_devices[run]["specs"] for run in RUNS}
     assert specs["data=8/dp/pallas"][WQ] == [None, None, None]
@@ -99,20 +92,17 @@ def test_parameter_shardings_follow_the_rules(eight_devices):
     assert specs["fsdp=2,sequence=4/fsdp_sp/pallas/export"][WQ] == [None, "fsdp", None]
 
 
-@EIGHT
 def test_fsdp_stores_about_an_eighth_per_device(eight_devices):
     replicated = eight_devices["data=8/dp/pallas"]["param_opt_bytes_device0"]
     fsdp = eight_devices["fsdp=8/fsdp/pallas"]["param_opt_bytes_device0"]
     assert replicated / 8 <= fsdp < 1.15 * replicated / 8, (fsdp, replicated)
 
 
-@EIGHT
 def test_step_report_has_memory_and_flops(eight_devices):
     report = eight_devices["fsdp=8/fsdp/pallas"]["report"]
     assert "per device" in report and "temporaries" in report and "model FLOPs per step" in report
 
 
-@EIGHT
 def test_two_processes_match_single_process(eight_devices):
     """Two processes (one CPU device each, gloo collectives), each loading half the batch."""
     multi = run_script(["--run", "data=2/dp"],

@@ -64,12 +64,16 @@ def attention(
     platform = _platform(platform)
     masks = dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, kv_mask=kv_mask)
     if impl == "auto":
-        impl = _auto_impl(q, k, platform, masks)
+        impl, why = _auto_impl(q, k, platform, masks), ""
         if impl == "cudnn":
             try:
-                return cudnn_attention(q, k, v, **masks, scale=scale)
-            except (NotImplementedError, ValueError, RuntimeError, TypeError):
-                impl = "pallas"  # cuDNN rejected the shape/dtype at trace time
+                out = cudnn_attention(q, k, v, **masks, scale=scale)
+                _report_choice(impl, platform, q, k, why)
+                return out
+            except (NotImplementedError, ValueError, RuntimeError, TypeError) as e:
+                # cuDNN rejected the shape/dtype at trace time
+                impl, why = "pallas", f" (cuDNN refused: {type(e).__name__}: {e})"
+        _report_choice(impl, platform, q, k, why)
     if impl == "xla":
         return xla_attention(q, k, v, **masks, scale=scale)
     if impl == "cudnn":
@@ -101,6 +105,20 @@ def kernels_for(platform: str):
         yield
     finally:
         _TARGET.reset(token)
+
+
+_REPORTED: set = set()
+
+
+def _report_choice(impl, platform, q, k, why: str) -> None:
+    """Say which kernel `auto` picked on an accelerator, once per shape: a call is traced
+    once per compile, so this is one line per compiled attention shape."""
+    key = (impl, platform, q.shape, k.shape, str(q.dtype))
+    if platform == "cpu" or key in _REPORTED:
+        return
+    _REPORTED.add(key)
+    print(f"attention auto on {platform}: {impl} for q {list(q.shape)}, k {list(k.shape)} "
+          f"{q.dtype}{why[:200]}", flush=True)
 
 
 def _platform(platform):
