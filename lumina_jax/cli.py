@@ -296,11 +296,9 @@ def _run_import(args) -> int:
             f"add --move-existing to move them and config.json to "
             f"{args.workdir}/before-import-<time>/ first")
     if steps:
-        aside = _new_folder(os.path.join(args.workdir,
-                                         f"before-import-{time.strftime('%Y%m%d-%H%M%S')}"))
-        for name in ("checkpoints", "config.json"):
-            if os.path.exists(os.path.join(args.workdir, name)):
-                os.rename(os.path.join(args.workdir, name), os.path.join(aside, name))
+        from lumina_jax.train.guard import move_run_aside
+
+        aside = move_run_aside(args.workdir, "import", ("checkpoints", "config.json"))
         print(f"moved the existing checkpoints (steps {_steps_text(steps)}) and config.json "
               f"to {aside}")
     step_dir = import_weights(config, weights, args.workdir)

@@ -168,14 +168,16 @@ def record_config(workdir: str, text: str, step: int) -> None:
     os.replace(tmp, path)
 
 
-def move_run_aside(workdir: str) -> Path | None:
-    """`--restart`: move the run's checkpoints, metrics, samples and TensorBoard logs into
-    `<workdir>/before-restart-<time>/` (nothing is deleted). Returns that folder."""
-    names = ("checkpoints", "metrics.jsonl", "samples", "tensorboard")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "samples", "tensorboard")
+
+
+def move_run_aside(workdir: str, why: str, names=RUN_FILES) -> Path | None:
+    """Move the run's `names` into `<workdir>/before-<why>-<time>/` (nothing is deleted),
+    e.g. for `train --restart` or `import --move-existing`. Returns that folder."""
     present = [n for n in names if (Path(workdir) / n).exists()]
     if not present:
         return None
-    target = Path(workdir) / f"before-restart-{timestamp()}"
+    target = Path(workdir) / f"before-{why}-{timestamp()}"
     target.mkdir()
     for name in present:
         os.replace(Path(workdir) / name, target / name)

@@ -161,7 +161,7 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
 
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if lead:
-        if restart and (moved := guard.move_run_aside(workdir)):
+        if restart and (moved := guard.move_run_aside(workdir, "restart")):
             print(f"--restart: moved the earlier run's files to {moved}", flush=True)
         guard.probe_writable(ckpt_dir)
     if jax.process_count() > 1:
@@ -228,7 +228,9 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
         window = Window()
         while step < start + stage.steps:
             t0 = time.perf_counter()
-            position = streams.get_state()  # where the data stood after the last step
+            # where the data stood after the last step (only a single process interrupts
+            # a data wait, see guard.StopRequests)
+            position = streams.get_state() if jax.process_count() == 1 else None
             stop.waiting_for_data = True
             try:
                 local = {name: next(it) for name, it in streams.iterators.items()}
