@@ -1,4 +1,5 @@
-"""Flash paths (Pallas GPU/TPU kernels in interpret mode, chunked XLA) vs `xla_attention`.
+"""Flash paths (Pallas GPU/TPU kernels and JAX's splash in interpret mode, chunked XLA) vs
+`xla_attention`.
 
 Outputs and gradients (dq, dk, dv) for segment ids with padding, kv mask, fully masked
 rows, GQA (16 q / 8 kv heads), head_dim 64 and 144, lengths 1..block+1. Blocks of 8
@@ -20,6 +21,7 @@ PATHS = {  # name -> attention() kwargs
     "pallas_gpu": dict(impl="pallas", platform="gpu", interpret=True, block_sizes=SMALL),
     "pallas_tpu": dict(impl="pallas", platform="tpu", interpret=True, block_sizes=SMALL),
     "chunked": dict(impl="chunked", block_sizes=SMALL),
+    "splash": dict(impl="splash"),  # JAX's TPU kernel; its blocks are 128-row multiples
 }
 TOL = {jnp.float32: 2e-5, jnp.bfloat16: 3e-2}
 

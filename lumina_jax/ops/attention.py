@@ -16,8 +16,11 @@ A query row with no key to attend to returns zeros, never NaN.
     on CPU they run in interpret mode (slow, for tests and tiny models).
   * "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`; masks are passed
     as a dense [B, 1, Nq, Nk] boolean, so prefer it for unmasked attention.
+  * "splash": JAX's maintained TPU splash attention (ops/splash.py); interpret mode on CPU.
   * "auto": GPU: cuDNN when there is no mask and cuDNN supports the shape/dtype, else
-    Pallas; TPU: Pallas; CPU: chunked from CHUNKED_MIN_KEYS keys up, else xla.
+    Pallas; TPU: splash, or our Mosaic kernel where splash refuses the call; CPU: chunked
+    from CHUNKED_MIN_KEYS keys up, else xla. On GPU/TPU the pick is printed once per
+    compiled shape.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import jax.numpy as jnp
 
 from lumina_jax.ops.flash_common import DEFAULT_BLOCK_SIZES, BlockSizes, FlashConfig, run_padded
 
-IMPLEMENTATIONS = ("auto", "xla", "chunked", "pallas", "cudnn")
+IMPLEMENTATIONS = ("auto", "xla", "chunked", "pallas", "cudnn", "splash")
 # From 64 keys up the chunked path is faster on CPU (fwd+bwd, 4/2 heads, D=64: 1.2x at
 # 64 tokens, 2.9x at 512, 4.7x at 1024) and its memory is linear; below, plain XLA.
 CHUNKED_MIN_KEYS = 64
@@ -52,7 +55,7 @@ def attention(
     platform: str | None = None,
 ) -> jax.Array:
     """See the module docstring. `block_sizes` defaults per platform; `interpret`
-    (Pallas only) defaults to True on CPU; `platform` ("cpu" | "gpu" | "tpu") defaults to
+    (Pallas and splash kernels) defaults to True on CPU; `platform` ("cpu" | "gpu" | "tpu") defaults to
     `jax.default_backend()` and picks the kernel family (set it to lower for another
     platform, e.g. under `jax.export`)."""
     _check_shapes(q, k, v, q_segment_ids, kv_segment_ids, kv_mask)
@@ -62,22 +65,24 @@ def attention(
         scale = q.shape[-1] ** -0.5
     scale = float(scale)
     platform = _platform(platform)
+    interpret = platform == "cpu" if interpret is None else bool(interpret)
     masks = dict(q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids, kv_mask=kv_mask)
     if impl == "auto":
         impl, why = _auto_impl(q, k, platform, masks), ""
-        if impl == "cudnn":
+        if impl in ("cudnn", "splash"):
             try:
-                out = cudnn_attention(q, k, v, **masks, scale=scale)
+                out = _VENDOR[impl](q, k, v, **masks, scale=scale, interpret=interpret)
                 _report_choice(impl, platform, q, k, why)
                 return out
             except (NotImplementedError, ValueError, RuntimeError, TypeError) as e:
-                # cuDNN rejected the shape/dtype at trace time
-                impl, why = "pallas", f" (cuDNN refused: {type(e).__name__}: {e})"
+                # the vendor kernel rejected the shape/dtype/masks at trace time
+                why = f" ({impl} refused: {type(e).__name__}: {e})"
+                impl = "pallas"
         _report_choice(impl, platform, q, k, why)
     if impl == "xla":
         return xla_attention(q, k, v, **masks, scale=scale)
-    if impl == "cudnn":
-        return cudnn_attention(q, k, v, **masks, scale=scale)
+    if impl in _VENDOR:
+        return _VENDOR[impl](q, k, v, **masks, scale=scale, interpret=interpret)
     if impl == "chunked":
         from lumina_jax.ops.chunked import chunked_attention
 
@@ -131,7 +136,7 @@ def _auto_impl(q, k, platform, masks):
         unmasked = all(m is None for m in masks.values())
         return "cudnn" if unmasked and q.dtype in (jnp.bfloat16, jnp.float16) else "pallas"
     if platform == "tpu":
-        return "pallas"
+        return "splash"
     return "chunked" if k.shape[1] >= CHUNKED_MIN_KEYS else "xla"
 
 
@@ -162,8 +167,10 @@ def pallas_attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, kv_mas
                       k_multiple=math.lcm(bs.block_k, bs.dkv[1]))
 
 
-def cudnn_attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, kv_mask=None, scale):
-    """cuDNN fused attention; raises (NotImplementedError/ValueError) where unsupported."""
+def cudnn_attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, kv_mask=None, scale,
+                    interpret=None):
+    """cuDNN fused attention; raises (NotImplementedError/ValueError) where unsupported.
+    (`interpret` is unused: cuDNN has no interpret mode.)"""
     mask = attention_mask(q_segment_ids, kv_segment_ids, kv_mask)
     if mask is not None:  # cuDNN wants [B, 1, Nq, Nk] (broadcast over heads only)
         mask = jnp.broadcast_to(mask[:, :, 0], (q.shape[0], 1, q.shape[1], k.shape[1]))
@@ -172,6 +179,16 @@ def cudnn_attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, kv_mask
     if mask is not None:  # our contract: rows with nothing to attend are zeros
         out = jnp.where(jnp.any(mask, axis=-1)[:, 0, :, None, None], out, 0)
     return out
+
+
+def splash_attention(q, k, v, *, scale, interpret, **masks):
+    """TPU splash attention (ops/splash.py; imported late, it is TPU-only code)."""
+    from lumina_jax.ops.splash import splash_attention as run
+
+    return run(q, k, v, **masks, scale=scale, interpret=interpret)
+
+
+_VENDOR = {"cudnn": cudnn_attention, "splash": splash_attention}
 
 
 def _check_shapes(q, k, v, q_segment_ids, kv_segment_ids, kv_mask):
