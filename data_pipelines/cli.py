@@ -5,6 +5,11 @@
       --caption-encoder minilm|gemma --caption-encoder-path GEMMA_DIR]
   lumina-jax prepare --demo --output OUT [--max-frames 16 --resolution 32]
                                              # generate + prepare the embedded demo data
+  lumina-jax prepare --v2a --input DIR_or_manifest.jsonl --output OUT [--seconds 2 --fps 16
+      --audio-latent-encoder identity|audioldm --audio-latent-encoder-path VAE_DIR
+      --visual-encoder pixels|clip --visual-encoder-path CLIP_DIR --caption-encoder minilm|clip]
+                                             # Lumina-V2A clips: videos with sound
+  lumina-jax prepare --demo-v2a --output OUT  # the V2A demo: bouncing shapes with sound
 
 Videos are encoded whole from frame 0 up to --max-duration seconds at --fps (all
 latents stored; training draws windows). Skipped, and counted per reason: unreadable
@@ -42,8 +47,25 @@ def register(subparsers) -> None:
         help="generate the embedded demo dataset into OUTPUT/raw, prepare it "
         "into OUTPUT/prepared (32 px, 8 fps, 16 frames unless given)",
     )
+    p.add_argument("--v2a", action="store_true",
+                   help="prepare Lumina-V2A clips (videos with an audio track) instead")
+    p.add_argument("--demo-v2a", action="store_true",
+                   help="generate the V2A demo (bouncing shapes with impact sounds and "
+                        "colour-pitched tones) into OUTPUT/clips and OUTPUT/heldout_clips and "
+                        "prepare them into OUTPUT/prepared and OUTPUT/heldout")
+    p.add_argument("--seconds", type=float, default=2.0,
+                   help="--v2a: seconds of each clip (from its start) used for training")
+    p.add_argument("--audio-latent-encoder", choices=("identity", "audioldm"),
+                   default="identity", help="--v2a: normalised log-mel, or an AudioLDM-style "
+                                            "VAE from --audio-latent-encoder-path")
+    p.add_argument("--audio-latent-encoder-path", default="",
+                   help="--v2a: local diffusers AutoencoderKL folder (audioldm)")
+    p.add_argument("--visual-encoder", choices=("pixels", "clip"), default="pixels",
+                   help="--v2a: 8x8 pixels per frame (the model learns on top), or CLIP")
+    p.add_argument("--visual-encoder-path", default="", help="--v2a: local CLIP folder (clip)")
     p.add_argument("--resolution", type=int, default=None, help="bucket area = this squared")
-    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--fps", type=float, default=None, help="frames per second sampled "
+                                                            "(default 8; --v2a: 16)")
     p.add_argument("--max-duration", type=float, default=4.0,
                    help="seconds of each video encoded, from frame 0")
     p.add_argument("--max-frames", type=int, default=None,
@@ -52,8 +74,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-aspect", type=float, default=4.0)
     p.add_argument("--latent-encoder", choices=sorted(encoders.LATENT_ENCODERS), default="identity")
     p.add_argument("--latent-encoder-path", default="", help="local weights folder (cogvideox)")
-    p.add_argument("--caption-encoder", choices=sorted(encoders.CAPTION_ENCODERS), default="minilm")
-    p.add_argument("--caption-encoder-path", default="", help="local weights folder (gemma)")
+    p.add_argument("--caption-encoder", choices=sorted({*encoders.CAPTION_ENCODERS, "clip"}),
+                   default="minilm", help="text features (clip: --v2a only)")
+    p.add_argument("--caption-encoder-path", default="",
+                   help="local weights folder (gemma; clip for --v2a)")
     p.add_argument("--system-prompt", default=encoders.DEFAULT_SYSTEM_PROMPT)
     p.add_argument("--records-per-shard", type=int, default=1024)
     p.set_defaults(func=run)
@@ -63,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
     from data_pipelines import demo, offline  # pylint: disable=import-outside-toplevel
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.demo_v2a or args.v2a:
+        return _run_v2a(args)
+    if args.caption_encoder == "clip":
+        raise UserError("prepare: --caption-encoder clip is for --v2a; video captions use "
+                        "minilm or gemma")
+    args.fps = args.fps or 8.0
     if args.demo:
         summary = demo.prepare_demo(
             args.output,
@@ -95,6 +125,29 @@ def run(args: argparse.Namespace) -> int:
     # Skipped files were warned one line each; the summary gives the counts per reason.
     hidden = ("system_prompts", "skipped", "shards")
     print(json.dumps({k: v for k, v in summary.items() if k not in hidden}, indent=1))
+    return 0
+
+
+def _run_v2a(args: argparse.Namespace) -> int:
+    from data_pipelines import v2a  # pylint: disable=import-outside-toplevel
+
+    if args.demo_v2a:
+        summary = v2a.prepare_demo_v2a(args.output)
+    else:
+        if not args.input:
+            raise UserError("prepare --v2a: --input is required (a folder of videos with "
+                            "sound, or a manifest)")
+        summary = {"prepared": v2a.prepare_v2a(
+            args.input, args.output, seconds=args.seconds, fps=args.fps or 16.0,
+            audio_latent_encoder=args.audio_latent_encoder,
+            audio_latent_encoder_path=args.audio_latent_encoder_path,
+            visual_encoder=args.visual_encoder, visual_encoder_path=args.visual_encoder_path,
+            caption_encoder=args.caption_encoder,
+            caption_encoder_path=args.caption_encoder_path,
+            records_per_shard=args.records_per_shard)}
+    hidden = ("skipped", "shards")
+    print(json.dumps({name: {k: v for k, v in s.items() if k not in hidden}
+                      for name, s in summary.items()}, indent=1))
     return 0
 
 

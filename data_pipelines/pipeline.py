@@ -100,8 +100,13 @@ def _check_fields(d: Mapping[str, Any], cls, where: str = "") -> None:
 
 
 def task_from_dict(d: Mapping[str, Any]) -> Task:
-    """Task from a plain dict/ConfigDict; `sources` is {name: {path, weight, system_prompt}}."""
+    """Task from a plain dict/ConfigDict; `sources` is {name: {path, weight, system_prompt}}.
+    media="audio" gives a V2A task (data_pipelines/v2a.py)."""
     d = dict(d)
+    if d.get("media") == "audio":
+        from data_pipelines.v2a import audio_task_from_dict
+
+        return audio_task_from_dict(d)
     _check_fields(d, Task)
     srcs = []
     for name, fields in dict(d.pop("sources", {})).items():
@@ -123,6 +128,10 @@ def check_task(task: Task) -> None:
 
     Cheap: reads each prepared folder's prepared.json, never its examples or shards.
     """
+    if task.media == "audio":
+        from data_pipelines.v2a import check_audio_task
+
+        return check_audio_task(task)
     _need(task.media in MEDIA, "media", f"must be one of {list(MEDIA)} (got {task.media!r})")
     for field in ("resolution", "fps", "max_frames", "batch_size", "multiple",
                   "max_consecutive_failures"):
@@ -555,6 +564,10 @@ def make_dataset(
     task: Task, shard_index: int | None = None, shard_count: int | None = None
 ) -> grain.IterDataset:
     """The task's infinite IterDataset of batches for this host (defaults: jax process)."""
+    if task.media == "audio":
+        from data_pipelines.v2a import make_audio_dataset
+
+        return make_audio_dataset(task, shard_index, shard_count)
     if shard_index is None or shard_count is None:
         import jax  # pylint: disable=import-outside-toplevel
 

@@ -41,17 +41,11 @@ META_KEYS = (
 MAGIC = b"LJR1"  # also prepared.json's record_format
 
 
-def serialize(
-    latents: np.ndarray, cap_feats: np.ndarray, cap_len: int, motion_score: float
-) -> bytes:
-    arrays = {
-        "latents": latents.astype(np.float16),
-        "cap_feats": cap_feats.astype(np.float16),
-        "cap_len": np.int32(cap_len),
-        "motion_score": np.float32(motion_score),
-    }
+def pack(arrays: dict[str, np.ndarray]) -> bytes:
+    """Any named arrays -> one record (header + 8-byte aligned raw arrays)."""
     header, blobs, offset = {}, [], 0
     for name, a in arrays.items():
+        a = np.asarray(a)
         blob = np.ascontiguousarray(a).tobytes()
         blob += b"\0" * (-len(blob) % 8)  # keep every array 8-byte aligned
         header[name] = [a.dtype.str, list(a.shape), offset]
@@ -62,16 +56,32 @@ def serialize(
     return MAGIC + struct.pack("<I", len(head)) + head + b"".join(blobs)
 
 
-def deserialize(data: bytes) -> dict:
-    """The record's arrays; latents stay a read-only float16 view (callers convert the
-    part they use)."""
+def unpack(data: bytes) -> dict[str, np.ndarray]:
+    """A record's arrays as read-only zero-copy views."""
     if data[:4] != MAGIC:
         raise ValueError("not a record of this version: re-run lumina-jax prepare")
     base = 8 + struct.unpack("<I", data[4:8])[0]
-    z = {
+    return {
         name: np.frombuffer(data, dtype, int(np.prod(shape)), base + offset).reshape(shape)
         for name, (dtype, shape, offset) in json.loads(data[8:base]).items()
     }
+
+
+def serialize(
+    latents: np.ndarray, cap_feats: np.ndarray, cap_len: int, motion_score: float
+) -> bytes:
+    return pack({
+        "latents": latents.astype(np.float16),
+        "cap_feats": cap_feats.astype(np.float16),
+        "cap_len": np.int32(cap_len),
+        "motion_score": np.float32(motion_score),
+    })
+
+
+def deserialize(data: bytes) -> dict:
+    """The record's arrays; latents stay a read-only float16 view (callers convert the
+    part they use)."""
+    z = unpack(data)
     return {
         "latents": z["latents"],
         "cap_feats": z["cap_feats"].astype(np.float32),

@@ -254,6 +254,9 @@ def _run_export(args) -> int:
     _check_ranges(args, step=(0, None))
     _check_new_folder(args.out)
     exp, state = _load_run(args.checkpoint, args.step)
+    if exp.model.kind != "video":
+        raise UserError(f"--checkpoint {args.checkpoint} is a {exp.model.kind} run; the "
+                        f"official PyTorch layout exists for the video model only")
     for path in export_params(state["params"], exp.model, args.out, ema_params=state["ema"]):
         print(path)
     return 0
@@ -323,6 +326,12 @@ def _register_sweep(subparsers) -> None:
     register(subparsers)
 
 
+def _register_v2a(subparsers) -> None:
+    from lumina_jax.v2a import register
+
+    register(subparsers)
+
+
 def _register_plan(subparsers) -> None:
     from lumina_jax.train.plan import register
 
@@ -330,7 +339,8 @@ def _register_plan(subparsers) -> None:
 
 
 REGISTRARS = [_register_info, _register_prepare, _register_train, _register_sample,
-              _register_export, _register_import, _register_sweep, _register_plan]
+              _register_v2a, _register_export, _register_import, _register_sweep,
+              _register_plan]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,14 +14,15 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lumina_jax.diffusion.loss import DEFAULT_TASKS, LossConfig
+from lumina_jax.diffusion.loss import DEFAULT_TASKS, LossConfig, TaskSpec
 from lumina_jax.model import get_preset, token_count
 from lumina_jax.parallel import get_rules, make_mesh
 from lumina_jax.parallel.distributed import maybe_initialize
 from lumina_jax.train.state import OptimConfig, create_sharded_state, make_optimizer
-from lumina_jax.train.step import TrainStep, global_batch, host_rows
+from lumina_jax.train.step import TrainStep, batch_keys, global_batch, host_rows
 
 TASKS = {k: DEFAULT_TASKS[k] for k in ("image_1x2", "video_2x2")}
+V2A_TASKS = {"audio": TaskSpec("audio", (4, 1), 1.0)}
 
 
 def synthetic_batches(cfg, global_batch_size, seed=0):
@@ -38,6 +39,19 @@ def synthetic_batches(cfg, global_batch_size, seed=0):
             "motion_score": rng.uniform(0, 5, global_batch_size).astype(np.float32),
         }
     return batches
+
+
+def synthetic_v2a_batches(cfg, global_batch_size, seed=0):
+    """Audio latents [B, 1, 1, 32, 16], 9 frames of features, per-step sync features."""
+    rng = np.random.default_rng(seed)
+    b = global_batch_size
+    mask = np.arange(8)[None] < rng.integers(3, 9, (b, 1))
+    return {"audio": {
+        "latents": rng.standard_normal((b, cfg.in_channels, 1, 32, 16), dtype=np.float32),
+        "cap_feats": rng.standard_normal((b, 8, cfg.cap_feat_dim), dtype=np.float32),
+        "cap_mask": mask,
+        "frames": rng.standard_normal((b, 9, cfg.frame_dim), dtype=np.float32),
+        "sync": rng.uniform(0, 1, (b, 32, cfg.sync_dim)).astype(np.float32)}}
 
 
 def full_length_gathers(hlo: str, tokens: set[int], head_dim: int) -> list[str]:
@@ -83,21 +97,28 @@ def export_step(step, state, batches, key, platform: str) -> dict:
 
 
 def run(mesh_spec: str, rules_name: str, n_devices: int, steps: int, batch: int,
-        attention: str = "auto", export_platforms=()) -> dict:
-    cfg = get_preset("tiny", n_heads=4, n_kv_heads=2, attention_impl=attention)
+        attention: str = "auto", export_platforms=(), v2a: bool = False) -> dict:
+    if v2a:  # Lumina-V2A: same train step, audio latents + frame/sync conditioning
+        cfg = get_preset("v2a_tiny", dim=64, n_heads=4, n_kv_heads=2, cap_feat_dim=32,
+                         frame_dim=12, sync_dim=8, attention_impl=attention)
+        tasks, make = V2A_TASKS, synthetic_v2a_batches
+    else:
+        cfg = get_preset("tiny", n_heads=4, n_kv_heads=2, attention_impl=attention)
+        tasks, make = TASKS, synthetic_batches
     sizes = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in mesh_spec.split(",")}
     devices = jax.devices()[:n_devices] if n_devices else None
     mesh, rules = make_mesh(sizes, devices=devices), get_rules(rules_name)
     optim = OptimConfig(lr=1e-3, ema_every=1)
     state, shardings = create_sharded_state(cfg, make_optimizer(optim), 0, mesh, rules)
-    step = TrainStep(cfg, optim, LossConfig(), TASKS, mesh, rules, shardings)
+    step = TrainStep(cfg, optim, LossConfig(), tasks, mesh, rules, shardings)
     rows = host_rows(mesh, rules, batch)
-    batches = {name: global_batch({f: v[rows] for f, v in b.items()}, mesh, rules)
-               for name, b in synthetic_batches(cfg, batch).items()}
+    batches = {name: global_batch({f: v[rows] for f, v in b.items()}, mesh, rules,
+                                  batch_keys(cfg))
+               for name, b in make(cfg, batch).items()}
     key = jax.random.key(42)
     step.compile(state, batches, key)
     hlo = "\n".join(e.as_text() for k, e in step._executables.items() if k != "update")
-    tokens = {token_count(b["latents"].shape[2], 8, 8, TASKS[n].patch_size)
+    tokens = {token_count(*b["latents"].shape[2:], tasks[n].patch_size)
               for n, b in batches.items()}
     exports = {p: export_step(step, state, batches, key, p) for p in export_platforms}
     losses, grad_norms = [], []
@@ -120,9 +141,10 @@ def run(mesh_spec: str, rules_name: str, n_devices: int, steps: int, batch: int,
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", action="append", required=True,
-                    help="MESH/RULES[/N_DEVICES][/ATTENTION][/export], e.g. "
+                    help="MESH/RULES[/N_DEVICES][/ATTENTION][/export][/v2a], e.g. "
                          "fsdp=4,tensor=2/fsdp_tp or fsdp=2,sequence=4/fsdp_sp/pallas/export "
-                         "(export: also jax.export it for --export's platforms); repeatable")
+                         "(export: also jax.export it for --export's platforms; v2a: the "
+                         "Lumina-V2A model); repeatable")
     ap.add_argument("--export", nargs="*", default=(), metavar="PLATFORM",
                     help="platforms (cuda, tpu) to jax.export the runs marked /export for")
     ap.add_argument("--steps", type=int, default=3)
@@ -133,9 +155,10 @@ def main():
     for spec in args.run:
         mesh_spec, rules_name, *more = spec.split("/")
         n = next((int(m) for m in more if m.isdigit()), 0)
-        impl = next((m for m in more if not m.isdigit() and m != "export"), "auto")
+        impl = next((m for m in more if not m.isdigit() and m not in ("export", "v2a")),
+                    "auto")
         reports[spec] = run(mesh_spec, rules_name, n, args.steps, args.batch, impl,
-                            args.export if "export" in more else ())
+                            args.export if "export" in more else (), v2a="v2a" in more)
     if jax.process_index() == 0:
         print("REPORT " + json.dumps(reports))
 

@@ -129,7 +129,7 @@ def test_bad_configs_are_rejected_before_any_compute(demo_data):
         load_config(TINY, ["--config.optim.lr=fast"])
     config = load_config(TINY, ["--config.stages.1.tasks.video_2x4.patch_size=(8, 2)",
                                             f"--config.data_dir={demo_data}"])
-    with pytest.raises(ConfigError, match=r"patch size \(8, 2\) -> \(p, pF\)=\(8, 2\) is not one of"):
+    with pytest.raises(ConfigError, match=r"patch_size=\(8, 2\) is not in model.patch_sizes"):
         build(config)
     with pytest.raises(ConfigError, match="does not exist"):
         build(load_config(TINY, ["--config.data_dir=/nonexistent"]))

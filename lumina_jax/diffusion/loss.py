@@ -1,7 +1,8 @@
 """Rectified-flow training objective (REFERENCE §3).
 
 `velocity_fn(x, t, cap_feats, cap_mask, motion_score, patch_size=(p, pF))` is any
-callable with the model's signature (the train step wraps the NNX state around it).
+callable with the model's signature (the train step wraps the NNX state around it); a
+model with an `inputs` attribute (V2A) gets those batch fields, in that order, instead.
 A batch is a dict of arrays: `latents [B,C,F,H,W]`, `cap_feats [B,L,D]`,
 `cap_mask [B,L]`, `motion_score [B]`, optionally `loss_mask` (broadcastable to latents).
 Condition dropout (caption -> system prompt only, motion -> -1 / 0) is applied by the
@@ -20,17 +21,21 @@ from lumina_jax.diffusion import path
 from lumina_jax.diffusion.schedule import patch_size as _patch_size
 
 
+VIDEO_INPUTS = ("cap_feats", "cap_mask", "motion_score")
+MEDIA = ("image", "video", "audio")
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     """One training task: a media type at one patch size with its own time shift."""
-    media: str                      # "image" | "video"
+    media: str                      # "image" | "video" | "audio" (V2A)
     patch_size: tuple[int, int]     # (p, pF)
     shift: float
     weight: float = 1.0
 
     def __post_init__(self):
-        if self.media not in ("image", "video"):
-            raise ValueError(f"media must be 'image' or 'video', got {self.media!r}")
+        if self.media not in MEDIA:
+            raise ValueError(f"media must be one of {MEDIA}, got {self.media!r}")
         object.__setattr__(self, "patch_size", _patch_size(self.patch_size))
 
 
@@ -91,8 +96,9 @@ def task_loss(velocity_fn: Callable[..., jax.Array], key: jax.Array,
     t = path.sample_time(k_t, x1.shape[0], cfg.time_sampling, logit_mean=cfg.logit_mean,
                          logit_std=cfg.logit_std, shift=task.shift)
     x0 = jax.random.normal(k_noise, x1.shape, x1.dtype)
-    pred = velocity_fn(path.interpolate(x0, x1, t), t, batch["cap_feats"], batch["cap_mask"],
-                       batch["motion_score"], patch_size=task.patch_size)
+    # the conditioning the model takes (NextDiT: captions + motion; V2A: + frames, sync)
+    cond = [batch[k] for k in getattr(velocity_fn, "inputs", VIDEO_INPUTS)]
+    pred = velocity_fn(path.interpolate(x0, x1, t), t, *cond, patch_size=task.patch_size)
     loss, mse, cos = per_item_loss(pred, path.velocity_target(x0, x1), batch.get("loss_mask"),
                                    cfg.vd_weight)
     s, c = bin_by_t(loss, t, cfg.n_t_bins)

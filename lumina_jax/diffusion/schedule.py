@@ -46,12 +46,13 @@ def value_at(spec: Any, t: float, convert: Callable[[Any], Any] = lambda v: v):
 
 
 def patch_size(v: Any) -> tuple[int, int]:
-    """A patch size as (p, pF) from (p, pF) or a "pFxp" string; checked against PATCH_SIZES."""
+    """A patch size as (p, pF) from (p, pF) or a "pFxp" string (a model checks that it
+    has the size: the video model's are PATCH_SIZES, V2A's its own)."""
     if isinstance(v, str):
         pf, p = (int(s) for s in v.lower().split("x"))
         ps = (p, pf)
     else:
         ps = tuple(int(s) for s in v)
-    if ps not in PATCH_SIZES:
-        raise ValueError(f"patch size {v!r} -> (p, pF)={ps} is not one of {PATCH_SIZES}")
+    if len(ps) != 2 or min(ps) < 1:
+        raise ValueError(f"patch size {v!r} -> (p, pF)={ps} is not a pair of sizes >= 1")
     return ps

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 # (p, pF) pairs, spatial first: 1x2, 2x2 and 2x4 in the paper's "pF x p" notation.
 DEFAULT_PATCH_SIZES = ((2, 1), (2, 2), (4, 2))
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+MODEL_KINDS = ("video", "v2a")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -39,6 +40,12 @@ class ModelConfig:
     # the scan's per-layer slicing of saved activations (~18% of a small model's step).
     scan_unroll: int = 1
     attention_impl: str = "auto"
+    # "video": the Multi-scale Next-DiT; "v2a": Lumina-V2A (model/v2a.py), whose latents are
+    # audio [C, 1, time, mel], conditioned on `frame_dim` visual features per video frame
+    # and `sync_dim` synchronisation features per audio-latent step.
+    kind: str = "video"
+    frame_dim: int = 0
+    sync_dim: int = 0
 
     def __post_init__(self):
         # Lists (e.g. from a config file) become tuples so the config stays hashable.
@@ -104,6 +111,14 @@ class ModelConfig:
         for field in ("param_dtype", "dtype"):
             if getattr(self, field) not in DTYPES:
                 bad(field, f"{getattr(self, field)!r} is unknown; choose one of {tuple(DTYPES)}")
+        if self.kind not in MODEL_KINDS:
+            bad("kind", f"{self.kind!r} is unknown; choose one of {MODEL_KINDS}")
+        if self.kind == "v2a":
+            if self.frame_dim < 1 or self.sync_dim < 1:
+                bad("frame_dim", f"a v2a model needs frame_dim and sync_dim >= 1 (got "
+                                 f"{self.frame_dim}, {self.sync_dim})")
+            if any(pf != 1 for _, pf in self.patch_sizes):
+                bad("patch_sizes", f"v2a latents have one frame: pF must be 1 ({self.patch_sizes})")
         if not self.qk_norm:
             bad("qk_norm", "only qk_norm=True (the published model) is implemented")
 
@@ -119,6 +134,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                  cap_feat_dim=32, multiple_of=32),
     "demo": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, in_channels=3,
                  cap_feat_dim=384, multiple_of=64),
+    # Lumina-V2A (REFERENCE.md §6; no published size): the demo's audio model over
+    # identity (normalised log-mel, 1 channel) latents, 4x4 (time x mel) patches, MiniLM
+    # text, 8x8 RGB pixel frame features and 32 sync features; "v2a_tiny" for tests.
+    "v2a_demo": dict(kind="v2a", dim=128, n_layers=4, n_heads=4, n_kv_heads=2,
+                     in_channels=1, cap_feat_dim=384, multiple_of=64, frame_dim=192,
+                     sync_dim=32, patch_sizes=((4, 1),), axes_lens=(1, 512, 128)),
+    "v2a_tiny": dict(kind="v2a", dim=32, n_layers=2, n_heads=2, n_kv_heads=1,
+                     in_channels=1, cap_feat_dim=384, multiple_of=32, frame_dim=192,
+                     sync_dim=32, patch_sizes=((4, 1),), axes_lens=(1, 512, 128)),
 }
 
 

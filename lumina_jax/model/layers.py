@@ -88,6 +88,12 @@ class LayerNorm(nnx.Module):
         return y.astype(self.dtype)
 
 
+def masked_mean(feats: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of `feats [B, L, D]` over the tokens where `mask [B, L]` is True (fp32)."""
+    m = mask.astype(jnp.float32)[..., None]
+    return jnp.sum(feats.astype(jnp.float32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
 def timestep_embedding(t: jax.Array, dim: int = 256, max_period: float = 10000.0) -> jax.Array:
     """Sinusoidal embedding `[cos, sin]` (cos first) of a float vector `[B] -> [B, dim]`."""
     half = dim // 2
@@ -180,8 +186,15 @@ class FeedForward(nnx.Module):
         return self.w2(jax.nn.silu(self.w1(x)) * self.w3(x))
 
 
+def per_token(mod: jax.Array) -> jax.Array:
+    """adaLN output `[B, D]` (one condition per item) or `[B, N, D]` (one per token, e.g.
+    V2A's synchronisation features) -> broadcastable against tokens `[B, N, D]`."""
+    return mod[:, None, :] if mod.ndim == 2 else mod
+
+
 class TransformerBlock(nnx.Module):
-    """Sandwich-norm block with tanh-gated adaLN (scale and gate, no shift)."""
+    """Sandwich-norm block with tanh-gated adaLN (scale and gate, no shift); adaln_input
+    is `[B, adaln_dim]` or per token `[B, N, adaln_dim]`."""
 
     def __init__(self, cfg: ModelConfig, *, rngs):
         norm = dict(eps=cfg.norm_eps, cfg=cfg, rngs=rngs)
@@ -196,7 +209,7 @@ class TransformerBlock(nnx.Module):
                                       init=zeros, cfg=cfg, rngs=rngs)
 
     def __call__(self, x, adaln_input, rope_cos, rope_sin, y, y_mask):
-        mod = self.adaLN_modulation(jax.nn.silu(adaln_input))[:, None, :]
+        mod = per_token(self.adaLN_modulation(jax.nn.silu(adaln_input)))
         scale_msa, gate_msa, scale_mlp, gate_mlp = jnp.split(mod, 4, axis=-1)
         h = self.attention(self.attention_norm1(x) * (1 + scale_msa), rope_cos, rope_sin,
                            self.attention_y_norm(y), y_mask)
@@ -215,5 +228,5 @@ class FinalLayer(nnx.Module):
         self.linear = Dense(cfg.dim, patch_dim, ("embed", "patch"), init=zeros, cfg=cfg, rngs=rngs)
 
     def __call__(self, x, adaln_input):
-        scale = self.adaLN_modulation(jax.nn.silu(adaln_input))[:, None, :]
+        scale = per_token(self.adaLN_modulation(jax.nn.silu(adaln_input)))
         return self.linear(self.norm_final(x) * (1 + scale))

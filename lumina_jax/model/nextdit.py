@@ -49,7 +49,35 @@ def unpatchify(tokens: jax.Array, grid: tuple[int, int, int], p: int, pf: int, c
     return x.reshape(b, c, ft * pf, ht * p, wt * p)
 
 
+def run_blocks(layers, cfg: ModelConfig, tokens, adaln_input, rope_cos, rope_sin, y, y_mask):
+    """The stacked TransformerBlocks as one `lax.scan` (one compiled block, optional remat)."""
+    graphdef, stacked = nnx.split(layers)
+
+    def body(h, layer_state):
+        block = nnx.merge(graphdef, layer_state)
+        h = block(h, adaln_input, rope_cos, rope_sin, y, y_mask)
+        return constrain(h, TOKENS_AXES), None
+
+    if cfg.remat != "none":
+        body = jax.checkpoint(body, policy=REMAT[cfg.remat], prevent_cse=False)
+    tokens, _ = jax.lax.scan(body, tokens, stacked, unroll=min(cfg.scan_unroll, cfg.n_layers))
+    return tokens
+
+
+def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs):
+    """cfg.n_layers TransformerBlocks with their parameters stacked on a `layers` axis."""
+    @nnx.split_rngs(splits=cfg.n_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make_layers(rngs):
+        return L.TransformerBlock(cfg, rngs=rngs)
+
+    return make_layers(rngs)
+
+
 class NextDiT(nnx.Module):
+    # Batch fields the model takes besides the latents (the train step ships these).
+    inputs = ("cap_feats", "cap_mask", "motion_score")
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         pdt = cfg.jnp_dtype("param_dtype")
@@ -69,13 +97,7 @@ class NextDiT(nnx.Module):
                                            init=L.zeros, cfg=cfg, rngs=rngs)
         # Present in the published state_dict; unused by the forward pass.
         self.pad_token = L.param(rngs, L.normal_002, (cfg.dim,), ("embed",), pdt)
-
-        @nnx.split_rngs(splits=cfg.n_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def make_layers(rngs):
-            return L.TransformerBlock(cfg, rngs=rngs)
-
-        self.layers = make_layers(rngs)
+        self.layers = stacked_blocks(cfg, rngs)
 
     def __call__(self, x, t, cap_feats, cap_mask, motion_score, *, patch_size=(2, 1)):
         """Velocity for latents `x [B, C, F, H, W]` at times `t [B]` (1 = clean data).
@@ -96,7 +118,8 @@ class NextDiT(nnx.Module):
         adaln_input = self.condition(t, cap_feats, cap_mask, motion_score)
         rope_cos, rope_sin = grid_tables(cfg, grid)
         y = cap_feats.astype(cfg.jnp_dtype("dtype"))
-        tokens = self.run_layers(tokens, adaln_input, rope_cos, rope_sin, y, cap_mask)
+        tokens = run_blocks(self.layers, cfg, tokens, adaln_input, rope_cos, rope_sin, y,
+                            cap_mask)
         out = self.all_final_layer[key](tokens, adaln_input)
         out = unpatchify(out, grid, p, pf, c)
         return out[:, :, :frames].astype(x.dtype)
@@ -105,28 +128,12 @@ class NextDiT(nnx.Module):
         """adaLN input = t embedding + pooled caption embedding + motion embedding."""
         cfg = self.cfg
         t_emb = self.t_embedder(t * cfg.t_scale)
-        mask = cap_mask.astype(jnp.float32)[..., None]
-        pooled = jnp.sum(cap_feats.astype(jnp.float32) * mask, axis=1) / jnp.maximum(
-            jnp.sum(mask, axis=1), 1.0)
-        cap_emb = self.cap_embedder_linear(self.cap_embedder_norm(pooled))
+        cap_emb = self.cap_embedder_linear(self.cap_embedder_norm(L.masked_mean(cap_feats,
+                                                                                cap_mask)))
         dropped = motion_score < 0
         motion = jnp.where(dropped, 0.0, motion_score) * cfg.motion_scale
         motion_emb = jnp.where(dropped[:, None], 0.0, self.motion_embedder(motion))
         return (t_emb + cap_emb + motion_emb).astype(cfg.jnp_dtype("dtype"))
-
-    def run_layers(self, tokens, adaln_input, rope_cos, rope_sin, y, y_mask):
-        graphdef, stacked = nnx.split(self.layers)
-
-        def body(h, layer_state):
-            block = nnx.merge(graphdef, layer_state)
-            h = block(h, adaln_input, rope_cos, rope_sin, y, y_mask)
-            return constrain(h, TOKENS_AXES), None
-
-        if self.cfg.remat != "none":
-            body = jax.checkpoint(body, policy=REMAT[self.cfg.remat], prevent_cse=False)
-        tokens, _ = jax.lax.scan(body, tokens, stacked,
-                                 unroll=min(self.cfg.scan_unroll, self.cfg.n_layers))
-        return tokens
 
     def _check_inputs(self, x, t, cap_feats, cap_mask, motion_score, patch_size):
         cfg = self.cfg
@@ -150,9 +157,3 @@ class NextDiT(nnx.Module):
         if cap_mask.shape != cap_feats.shape[:2]:
             raise ValueError(f"cap_mask must be {cap_feats.shape[:2]}; got {cap_mask.shape}")
         return p, pf
-
-
-def count_params(cfg: ModelConfig) -> int:
-    """Parameter count from abstract shapes (nothing is allocated)."""
-    abstract = nnx.eval_shape(lambda: NextDiT(cfg, rngs=nnx.Rngs(0)))
-    return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))

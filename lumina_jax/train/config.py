@@ -183,8 +183,9 @@ def _data_task(data: dict, spec: TaskSpec, model: ModelConfig, c: dict, stage_in
                                             f"{where}.data.sources.{src}", check_data)
                        for src, v in data["sources"].items()}
     data["media"] = spec.media
-    # Windows of frames are truncated to a multiple of the task's temporal patch.
-    data.setdefault("temporal_multiple", spec.patch_size[1] if spec.media == "video" else 1)
+    if spec.media != "audio":
+        # Windows of frames are truncated to a multiple of the task's temporal patch.
+        data.setdefault("temporal_multiple", spec.patch_size[1] if spec.media == "video" else 1)
     data.setdefault("seed", int(c.get("seed", 0)) + 1000 * stage_index)
     try:
         task = task_from_dict(data)
@@ -207,13 +208,15 @@ def _check_prepared_dims(task, model: ModelConfig, where: str) -> None:
         if not shards.is_prepared(src.path):
             continue
         meta = json.loads((pathlib.Path(src.path) / shards.PREPARED_META).read_text())
+        encoder = meta.get("latent_encoder") or meta.get("audio_latent_encoder")
         for field, model_field in (("latent_channels", "in_channels"),
-                                   ("cap_feat_dim", "cap_feat_dim")):
+                                   ("cap_feat_dim", "cap_feat_dim"), ("frame_dim", "frame_dim"),
+                                   ("sync_dim", "sync_dim")):
             have, want = meta.get(field), getattr(model, model_field)
             if have is not None and int(have) != want:
                 raise ConfigError(
                     f"config.{where}.data.sources.{src.name}: {src.path} was prepared with "
-                    f"{field}={have} ({meta.get('latent_encoder')} latents, "
+                    f"{field}={have} ({encoder} latents, "
                     f"{meta.get('caption_encoder')} captions) but config.model.{model_field}="
                     f"{want}; prepare with matching encoders or set --config.model."
                     f"{model_field}={have}")
@@ -253,6 +256,10 @@ def build(config: ml_collections.ConfigDict, check_data: bool = True) -> Experim
             t = dict(t)
             data = dict(t.pop("data", {}))
             spec = _dataclass(TaskSpec, t, f"{where}.tasks.{name}")
+            if (spec.media == "audio") != (model.kind == "v2a"):
+                raise ConfigError(f"config.{where}.tasks.{name}.media={spec.media!r} does not fit "
+                                  f"config.model.kind={model.kind!r} (audio tasks train a v2a "
+                                  f"model, image/video tasks a video model)")
             if tuple(spec.patch_size) not in model.patch_sizes:
                 raise ConfigError(f"config.{where}.tasks.{name}.patch_size={spec.patch_size} is "
                                   f"not in model.patch_sizes {model.patch_sizes}")

@@ -30,7 +30,8 @@ from lumina_jax.train.checkpoint import Checkpointer, DataStreams, abstract_stat
 from lumina_jax.train.config import ConfigError, Experiment, build, call_function
 from lumina_jax.train.metrics import MetricWriter, device_peak_flops
 from lumina_jax.train.state import OptimConfig, init_state, make_optimizer, state_shardings
-from lumina_jax.train.step import TrainStep, enable_compilation_cache, global_batch
+from lumina_jax.train.step import (TrainStep, batch_keys, enable_compilation_cache,
+                                   global_batch)
 
 
 def make_streams(exp: Experiment, stage_index: int) -> DataStreams:
@@ -159,6 +160,7 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
     abstract = jax.eval_shape(init)
     shardings = state_shardings(abstract, mesh, rules)
 
+    keys = batch_keys(exp.model)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if lead:
         if restart and (moved := guard.move_run_aside(workdir, "restart")):
@@ -240,7 +242,7 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
             finally:
                 stop.waiting_for_data = False
             data_wait = time.perf_counter() - t0
-            batches = {name: global_batch(b, mesh, rules) for name, b in local.items()}
+            batches = {name: global_batch(b, mesh, rules, keys) for name, b in local.items()}
             seen = len(train_step.compiles)
             train_step.compile(state, batches, key)
             for c in train_step.compiles[seen:]:

@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lumina_jax.model import ModelConfig, NextDiT
+from lumina_jax.model import ModelConfig, build_model
 from lumina_jax.parallel.rules import Rules, logical_to_spec
 
 SCHEDULES = ("constant", "cosine")
@@ -74,11 +74,11 @@ def make_optimizer(cfg: OptimConfig, stage_lrs=()) -> optax.GradientTransformati
 
 
 def model_graphdef(model_cfg: ModelConfig) -> nnx.GraphDef:
-    return nnx.split(nnx.eval_shape(lambda: NextDiT(model_cfg, rngs=nnx.Rngs(0))))[0]
+    return nnx.split(nnx.eval_shape(lambda: build_model(model_cfg)))[0]
 
 
 def init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int) -> dict:
-    params = nnx.state(NextDiT(model_cfg, rngs=nnx.Rngs(seed)), nnx.Param)
+    params = nnx.state(build_model(model_cfg, seed), nnx.Param)
     return {
         "step": jnp.zeros((), jnp.int32),
         "params": params,

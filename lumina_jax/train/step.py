@@ -28,12 +28,15 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lumina_jax.diffusion.loss import LossConfig, TaskSpec, task_loss
-from lumina_jax.model import ModelConfig, token_count
+from lumina_jax.model import ModelConfig, NextDiT, model_class, token_count
 from lumina_jax.model.flops import train_step_flops
 from lumina_jax.parallel.rules import Rules, activation_sharding, logical_to_spec
 from lumina_jax.train.state import OptimConfig, lr_schedule, make_optimizer, model_graphdef
 
-BATCH_KEYS = ("latents", "cap_feats", "cap_mask", "motion_score")
+
+def batch_keys(model_cfg: ModelConfig) -> tuple[str, ...]:
+    """The batch fields a train step ships to the devices: latents + the model's inputs."""
+    return ("latents", *model_class(model_cfg).inputs)
 
 
 def enable_compilation_cache(directory: str) -> None:
@@ -60,10 +63,11 @@ def host_rows(mesh: Mesh, rules: Rules, global_batch_size: int) -> slice:
     return rows
 
 
-def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules) -> dict:
-    """This host's slice of the global batch -> global jax.Arrays on the mesh."""
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules,
+                 keys: tuple[str, ...] = ("latents", *NextDiT.inputs)) -> dict:
+    """This host's slice of the global batch (its `keys`) -> global jax.Arrays on the mesh."""
     out = {}
-    for key in BATCH_KEYS:
+    for key in keys:
         arr = np.asarray(local[key])
         global_shape = (arr.shape[0] * jax.process_count(),) + arr.shape[1:]
         sharding = batch_sharding(mesh, rules, global_shape)
@@ -73,7 +77,7 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules) -> d
 
 def batch_signature(batch: Mapping) -> tuple:
     """What a compiled gradient depends on: each array's shape and dtype."""
-    return tuple((k, tuple(batch[k].shape), str(batch[k].dtype)) for k in BATCH_KEYS)
+    return tuple((k, tuple(batch[k].shape), str(batch[k].dtype)) for k in sorted(batch))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +266,9 @@ class TrainStep:
         for name, batch in batches.items():
             p, pf = self.tasks[name].patch_size
             b, c = batch["latents"].shape[:2]
+            # cross-attention context: caption tokens (+ V2A's visual frame tokens)
+            context = batch["cap_feats"].shape[1] + (batch["frames"].shape[1]
+                                                     if "frames" in batch else 0)
             total += train_step_flops(self.model_cfg, self._tokens_per_item(name, batch),
-                                      batch["cap_feats"].shape[1], pf * p * p * c, b)
+                                      context, pf * p * p * c, b)
         return total
