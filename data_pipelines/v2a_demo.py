@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from fractions import Fraction
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from data_pipelines import audio
 from data_pipelines.demo import SHAPES, _draw
 
 COLOURS = {
@@ -209,28 +209,6 @@ def make_clip(
     }
 
 
-def _write_clip(path: str, frames: np.ndarray, fps: float, wave: np.ndarray,
-                sample_rate: int, crf: int = 18) -> None:
-    """mp4: H.264 yuv420p video at fps + AAC mono audio. (audio.write_av may replace it.)"""
-    import av  # pylint: disable=import-outside-toplevel
-
-    with av.open(path, "w") as out:
-        vs = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        vs.options = {"crf": str(crf)}
-        aus = out.add_stream("aac", rate=sample_rate, layout="mono")
-        aus.bit_rate = 64000
-        aus.options = {"aac_coder": "fast"}  # the default (twoloop) is ~4x slower
-        for img in frames:
-            out.mux(vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), "rgb24")))
-        out.mux(vs.encode())
-        af = av.AudioFrame.from_ndarray(
-            np.asarray(wave, np.float32)[None, :], format="fltp", layout="mono")
-        af.sample_rate, af.pts, af.time_base = sample_rate, 0, Fraction(1, sample_rate)
-        out.mux(aus.encode(af))
-        out.mux(aus.encode())
-
-
 def generate(folder: str, n: int, seed: int = 0, **clip_kwargs) -> str:
     """Writes n clips (clip_00000.mp4 ...) and clips.jsonl under folder; returns its path.
 
@@ -248,7 +226,8 @@ def generate(folder: str, n: int, seed: int = 0, **clip_kwargs) -> str:
               "shape": SHAPES[(i // len(colours)) % len(SHAPES)], **clip_kwargs}
         clip = make_clip(np.random.default_rng((seed, i)), **kw)
         name = f"clip_{i:05d}.mp4"
-        _write_clip(os.path.join(folder, name), clip["frames"], fps, clip["wave"], sample_rate)
+        audio.write_av(os.path.join(folder, name), clip["frames"], fps, clip["wave"],
+                       sample_rate)
         lines.append({
             "path": name,
             "caption": clip["caption"],

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lumina_jax.diffusion import (DEFAULT_TASKS, LossConfig, TaskSpec, bin_by_t,
@@ -119,10 +120,37 @@ def test_multitask_loss_sums_weighted_tasks_with_their_patch_sizes():
                                rtol=1e-6)
 
 
-def test_loss_gradient_is_finite_at_zero_prediction():
-    # the model's final layer starts at zero, so step 0 predicts exactly 0 everywhere
+def test_zero_prediction_trains_on_mse_alone_and_others_keep_the_official_cosine():
+    # the model's final layer starts at zero, so the first step of a run (and of each
+    # stage's new patch size) predicts exactly 0: torch's cosine gradient there is
+    # target_hat / eps (1e8), a grad_norm spike with no information; ours is MSE's alone
     target = jnp.array([[3.0, 4.0]])
-    g = jax.grad(lambda p: per_item_loss(p, target)[0].sum())(jnp.zeros((1, 2)))
-    assert bool(jnp.all(jnp.isfinite(g)))
-    # d mse = -target, d(1 - cos) = -target_hat / eps (torch.cosine_similarity's value)
-    np.testing.assert_allclose(g, -target - jnp.array([[0.6, 0.8]]) / 1e-8, rtol=1e-5)
+    loss_of = lambda p: per_item_loss(p, target)[0].sum()
+    g = jax.grad(loss_of)(jnp.zeros((1, 2)))
+    np.testing.assert_allclose(g, -target, rtol=1e-6)  # d mse = 2 (p - t) / 2
+    np.testing.assert_allclose(loss_of(jnp.zeros((1, 2))), 12.5 + 1.0)  # mse + (1 - 0)
+    # any non-zero prediction: torch.cosine_similarity's value and gradient
+    p = jnp.array([[1e-3, -2e-3]])
+    cos = float(per_item_loss(p, target)[2][0])
+    np.testing.assert_allclose(cos, (3e-3 - 8e-3) / (np.sqrt(5e-6) * 5.0), rtol=1e-5)
+    grad_cos = jax.grad(lambda p: per_item_loss(p, target)[2].sum())(p)
+    unit_p, unit_t = p / jnp.linalg.norm(p), target / 5.0
+    expected = (unit_t - cos * unit_p) / jnp.linalg.norm(p)
+    np.testing.assert_allclose(grad_cos, expected, rtol=1e-4)
+
+
+def test_first_step_grad_norm_of_a_fresh_model_has_no_spike():
+    from flax import nnx
+
+    from lumina_jax.model import build_model, get_preset
+
+    cfg = get_preset("tiny")
+    graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+    k = jax.random.split(jax.random.key(0), 3)
+    batch = {"latents": jax.random.normal(k[0], (2, cfg.in_channels, 1, 8, 8)),
+             "cap_feats": jax.random.normal(k[1], (2, 4, cfg.cap_feat_dim)),
+             "cap_mask": jnp.ones((2, 4), bool), "motion_score": jnp.zeros(2)}
+    task = TaskSpec("image", (2, 1), 1.0)
+    grads = jax.grad(lambda p: task_loss(nnx.merge(graphdef, p), k[2], batch, task)[0])(params)
+    norm = float(optax.global_norm(grads))
+    assert 0 < norm < 100, norm  # was ~5e8 with torch's 1/eps cosine gradient

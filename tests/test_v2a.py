@@ -137,3 +137,34 @@ def test_train_resume_v2a_command_and_export_refusal(v2a_clips, tmp_path):
 
     refused = cli("export", "--checkpoint", str(workdir), "--out", str(tmp_path / "export"))
     assert refused.returncode == 2 and "v2a run" in refused.stderr
+
+
+def test_external_encoders_at_tiny_random_weights_fit_the_model(v2a_clips, tmp_path):
+    """prepare --v2a with the AudioLDM-style VAE and CLIP (vision + text), then a model
+    sized from prepared.json trains on the batch and the HiFi-GAN vocoder decodes it."""
+    from data_pipelines import audio
+    from data_pipelines.v2a import prepare_v2a, window_steps
+    from lumina_jax.diffusion.loss import TaskSpec, task_loss
+    from lumina_jax.v2a import decode_audio
+
+    vae = audio.make_random_audioldm_vae(str(tmp_path / "vae"))
+    clip = audio.make_random_clip(str(tmp_path / "clip"))
+    hifigan = audio.make_random_hifigan(str(tmp_path / "hifigan"))
+    meta = prepare_v2a(str(v2a_clips / "clips" / "clips.jsonl"), str(tmp_path / "prepared"),
+                       audio_latent_encoder="audioldm", audio_latent_encoder_path=vae,
+                       visual_encoder="clip", visual_encoder_path=clip,
+                       caption_encoder="clip", caption_encoder_path=clip)
+    assert meta["num_examples"] == 6 and meta["time_factor"] == meta["mel_factor"] == 2
+    batch = next(make_iterator(task_from_dict({"media": "audio", "batch_size": 2, "sources": {
+        "demo": {"path": str(tmp_path / "prepared")}}}), 0, 1))
+    steps = window_steps(2.0, audio.AudioSettings(), 2)  # 2 s -> 126 mel frames -> 56 steps
+    assert steps == 56 and batch["latents"].shape == (2, meta["latent_channels"], 1, steps, 16)
+    cfg = get_preset("v2a_tiny", in_channels=meta["latent_channels"],
+                     frame_dim=meta["frame_dim"], cap_feat_dim=meta["cap_feat_dim"])
+    model = build_model(cfg)
+    batch = {k: jnp.asarray(batch[k]) for k in ("latents", *model.inputs)}
+    loss, _ = task_loss(model, jax.random.key(0), batch, TaskSpec("audio", (4, 1), 1.0))
+    assert np.isfinite(float(loss))
+    mel, wave = decode_audio(np.asarray(batch["latents"][0]), meta, "hifigan", hifigan)
+    assert mel.shape == (2 * steps, 32)
+    assert len(wave) == audio.AudioSettings().num_samples(2 * steps)

@@ -70,12 +70,24 @@ def per_item_loss(pred: jax.Array, target: jax.Array, mask: jax.Array | None = N
     m = jnp.ones_like(pred) if mask is None else jnp.broadcast_to(mask, pred.shape).astype(jnp.float32)
     axes = tuple(range(1, pred.ndim))
     mse = jnp.sum(m * (pred - target) ** 2, axes) / jnp.maximum(jnp.sum(m, axes), 1.0)
-    # As torch.cosine_similarity: each norm clamped to >= eps. The clamp sits inside the
-    # sqrt so that an all-zero prediction (the zero-initialised final layer at step 0)
-    # gets a finite gradient (target_hat / eps, as in torch) instead of 0 * inf = NaN.
-    norm = lambda a: jnp.sqrt(jnp.maximum(jnp.sum(m * a**2, axes), eps**2))
-    cos = jnp.sum(m * pred * target, axes) / (norm(pred) * norm(target))
+    # As torch.cosine_similarity: each norm clamped to >= eps. An all-zero prediction
+    # (the zero-initialised final layer on the first step of every run and stage) is the
+    # one exception: torch's gradient there is target_hat / eps, a 1e8-scale spike in
+    # grad_norm for a direction that carries no information; its cosine term is taken as
+    # 0 with no gradient instead (MSE alone trains that step). Any non-zero prediction
+    # gets the official value and gradient.
+    pred_sq = jnp.sum(m * pred**2, axes)
+    zero = pred_sq == 0.0
+    pred_nz = jnp.where(_bcast(zero, pred), 1.0, pred)  # a safe stand-in, never used
+    norm = lambda sq: jnp.sqrt(jnp.maximum(sq, eps**2))
+    cos = jnp.sum(m * pred_nz * target, axes) / (norm(jnp.sum(m * pred_nz**2, axes))
+                                                   * norm(jnp.sum(m * target**2, axes)))
+    cos = jnp.where(zero, 0.0, cos)
     return mse + vd_weight * (1.0 - cos), mse, cos
+
+
+def _bcast(v: jax.Array, like: jax.Array) -> jax.Array:
+    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
 
 
 def bin_by_t(values: jax.Array, t: jax.Array, n_bins: int):

@@ -92,7 +92,8 @@ class Window:
         metrics = jax.device_get(self.metrics)
         n = len(metrics)
         seconds = max(time.perf_counter() - self.start - self.compile_s, 1e-9)
-        out = {"loss": float(np.mean([m["loss"] for m in metrics])),
+        out = {"loss": float(np.mean([m["loss"] for m in metrics])),  # mean over tasks
+               "loss_total": float(np.mean([m["loss_total"] for m in metrics])),
                "grad_norm": float(np.mean([m["grad_norm"] for m in metrics])),
                "lr": float(metrics[-1]["lr"]),
                "nonfinite_steps": int(sum(not m["finite"] for m in metrics)),
@@ -201,11 +202,19 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
     key = jax.random.key(int(config.seed))
     profile = [int(s) for s in config.profile_steps.split(",")] if config.profile_steps else []
     last, nonfinite_run = {}, 0
+    if lead:
+        print(run_header(exp, workdir, mesh, step, spec), flush=True)
     bar = tqdm(total=exp.total_steps, initial=step, disable=not lead, unit="step",
                dynamic_ncols=True)
 
     def save(force=False):
-        ckpt.save(step, state, streams, {"step": step, "stage": streams_stage}, force=force)
+        if ckpt.save(step, state, streams, {"step": step, "stage": streams_stage},
+                     force=force) and lead:
+            log(f"saved checkpoint {step} ({'async, ' if config.checkpoint.async_save else ''}"
+                f"{ckpt_dir}/{step})")
+
+    def log(line: str) -> None:  # above the progress bar, not inside it
+        bar.write(line)
 
     def stop_now(why: str) -> dict:
         save(force=True)
@@ -244,6 +253,10 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
             data_wait = time.perf_counter() - t0
             batches = {name: global_batch(b, mesh, rules, keys) for name, b in local.items()}
             seen = len(train_step.compiles)
+            new = train_step.uncompiled(batches)
+            if new and lead:
+                log(f"compiling stage {stage_index + 1}: {len(new)} new executable"
+                    f"{'s' * (len(new) > 1)} ({', '.join(new)}) ...")
             train_step.compile(state, batches, key)
             for c in train_step.compiles[seen:]:
                 window.compile_s += c.seconds
@@ -283,7 +296,8 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
                                   f"({last['compiles'] - 1} task shapes + the update) compiled "
                                   f"or loaded from the cache in {last['compile_s']:.1f}s")
                 writer.scalars(step, last)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
+                # the mean over the stage's tasks (comparable across stages)
+                bar.set_postfix(task_loss=f"{last['loss']:.4f}", refresh=False)
                 window = Window()
             save()
             if spec and config.sample.every and step % config.sample.every == 0:
@@ -297,6 +311,48 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
         _write_samples(exp, state, spec, workdir, step, writer)
     writer.close()
     return last
+
+
+def run_header(exp: Experiment, workdir: str, mesh, step: int, spec) -> str:
+    """What a run is about to do and where everything goes, printed before step one."""
+    from lumina_jax.model import count_params
+
+    c, m = exp.config, exp.model
+    devices = jax.devices()
+    lines = [
+        f"run {workdir}: config {os.path.join(workdir, 'config.json')} (resolved; earlier "
+        f"ones in config_history/)",
+        f"model: preset {c.model.preset} ({m.kind}), {count_params(m):,} parameters, dim "
+        f"{m.dim}, {m.n_layers} layers, attention {m.attention_impl}, remat {m.remat}",
+        f"devices: {len(devices)} x {devices[0].platform} in {jax.process_count()} "
+        f"process(es); mesh {dict(mesh.shape)}, rules {c.rules}",
+        f"steps: {exp.total_steps} in {len(exp.stages)} stage(s)"
+        + (f", resuming at step {step}" if step else ""),
+    ]
+    start = 0
+    for i, stage in enumerate(exp.stages):
+        tasks = []
+        for t in stage.tasks:
+            d = t.data
+            shape = ("audio clips" if t.spec.media == "audio" else
+                     f"{d.resolution}px" + (f", {d.max_frames} frames at {d.fps:g} fps"
+                                            if t.spec.media == "video" else ""))
+            p, pf = t.spec.patch_size
+            tasks.append(f"{t.name} (global batch {d.batch_size}, {shape}, patch {pf}x{p}, "
+                         f"shift {t.spec.shift:g})")
+        lines.append(f"  stage {i + 1} '{stage.name}' steps {start}..{start + stage.steps}: "
+                     + "; ".join(tasks))
+        start += stage.steps
+    every = c.checkpoint.every
+    lines.append(f"checkpoints: {os.path.join(workdir, 'checkpoints')} (every {every} steps, "
+                 f"keep {c.checkpoint.keep}); metrics: {os.path.join(workdir, 'metrics.jsonl')}"
+                 f" and {os.path.join(workdir, 'tensorboard')} (every {c.log_every} steps)")
+    if spec:
+        when = f"every {c.sample.every} steps and " if c.sample.every else ""
+        lines.append(f"samples: {os.path.join(workdir, 'samples')} ({when}at the end)")
+    lines.append("progress: task_loss = mean loss over the stage's tasks (the log line has "
+                 "each task's loss/<task>)")
+    return "\n".join(lines)
 
 
 class Diverged(UserError):
@@ -366,6 +422,8 @@ def _write_samples(exp: Experiment, state, spec, workdir: str, step: int, writer
     """Samples with the EMA weights; single-process runs only (arrays must be addressable)."""
     if jax.process_count() > 1:
         return
+    print(f"sampling {len(spec.prompts)} prompt{'s' * (len(spec.prompts) > 1)} at step "
+          f"{step} (EMA weights) ...", flush=True)
     latents = sampling.generate(exp.model, state["ema"], spec, progress=False)
     paths, frames = sampling.save_samples(latents, spec, os.path.join(workdir, "samples"),
                                           prefix=f"step{step:07d}_")

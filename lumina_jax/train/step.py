@@ -193,6 +193,13 @@ class TrainStep:
             lambda: (abstract(state), abstract(state["params"]), losses))
         return self.compiles
 
+    def uncompiled(self, batches) -> list[str]:
+        """'task [shape]' of each executable these batches need that is not compiled yet."""
+        new = [f"{name} {list(batches[name]['latents'].shape)}" for name in self.order
+               if name in batches and (name, batch_signature(batches[name]))
+               not in self._executables]
+        return new + (["update"] if "update" not in self._executables else [])
+
     def _grad_executable(self, name, params, batch, step, key):
         """`params`: a callable giving the params (or their abstract values)."""
         def make_args():
@@ -223,7 +230,11 @@ class TrainStep:
                   for n in self.order}
         update = self._update_executable(lambda: (state, acc, losses))
         state, metrics = update(state, acc, losses)
-        return state, {**metrics, "tasks": aux}
+        # "loss" is the tasks' weighted MEAN, comparable across stages with different task
+        # counts; "loss_total" is the weighted sum that the gradient is of.
+        weights = {n: self.tasks[n].weight for n in aux}
+        mean = sum(w * aux[n]["loss"] for n, w in weights.items()) / sum(weights.values())
+        return state, {**metrics, "loss_total": metrics["loss"], "loss": mean, "tasks": aux}
 
     # ---------------------------------------------------------------- accounting
 
