@@ -64,11 +64,12 @@ def main() -> None:
     ap.add_argument("--checkpoint", required=True, help="V2A training workdir")
     ap.add_argument("--heldout", default=None,
                     help="prepared held-out folder (default: <the run's data_dir>/heldout)")
+    ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     ap.add_argument("--clips", type=int, default=32)
     ap.add_argument("--batch", type=int, default=16, help="clips generated at once")
     args = ap.parse_args()
 
-    exp, state = load_run(args.checkpoint)
+    exp, state = load_run(args.checkpoint, args.step)
     folder = args.heldout or os.path.join(exp.config.data_dir, "heldout")
     meta, cond, real, examples = heldout(folder, args.clips)
     null = audio.get_text_encoder(meta["caption_encoder"], meta["caption_encoder_path"])

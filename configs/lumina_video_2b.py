@@ -87,6 +87,7 @@ def get_config(arg=None):
     c.rules = "fsdp_sp"  # = fsdp while mesh.sequence is 1; plan shows when 960px needs it
     c.checkpoint.every, c.checkpoint.keep = 1000, 3
     c.log_every = 50
+    c.eval.every = 1000  # validation loss at fixed t and noise (train/evaluate.py)
     c.sample.every = 5000
     c.sample.prompts = ["A lighthouse on a cliff at sunset, waves crashing below."]
     c.sample.caption_encoder = "gemma"
@@ -131,6 +132,7 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
     c.rules = "fsdp_sp"
     c.checkpoint.every, c.checkpoint.keep = 4, 2
     c.log_every = 1
+    c.eval.every = -1  # a minutes-long smoke run: validation would double its compiles
     c.sample.every = 0  # at the end
     c.sample.prompts = ["a red circle moving right over a checkered floor"]
     c.sample.caption_encoder_path = "{data_dir}/models/gemma2_random"

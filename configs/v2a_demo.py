@@ -42,18 +42,22 @@ def get_config(arg=None):
     c.rules = "dp"
     c.checkpoint.every = 200
     c.log_every = 20
+    c.eval.every = 200
+    c.eval.sources = {"audio": "{data_dir}/heldout"}  # the benchmark's held-out clips
     # `lumina-jax v2a` and the benchmark: Euler steps and the guidance scale
     c.v2a = ml_collections.ConfigDict({"num_steps": 25, "cfg": 2.0, "seed": 0,
                                        "vocoder": "griffinlim", "vocoder_path": ""})
     if arg == "quick":
         c.stages[0].steps = 6
-        c.checkpoint.every, c.log_every = 3, 2
+        c.checkpoint.every, c.log_every, c.eval.every = 3, 2, 3
         c.v2a.num_steps = 4
     elif arg == "tiny":
         c.model.preset = "v2a_tiny"
         c.stages[0].steps = 4
         c.stages[0].tasks.audio.data.batch_size = 4
         c.checkpoint.every, c.checkpoint.keep, c.log_every = 2, 5, 1
+        # the tests' clips have no held-out folder: fixed batches of the training clips
+        c.eval.every, c.eval.batches, c.eval.sources = 2, 1, {}
         c.v2a.num_steps = 3
     elif arg:
         raise ValueError(f"configs/v2a_demo.py: unknown variant {arg!r}; use quick or tiny")

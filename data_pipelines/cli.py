@@ -1,4 +1,4 @@
-"""`prepare` subcommand. Wired into `lumina-jax` by lumina_jax/cli.py via `register`.
+"""Turn videos and images (or the built-in demo) into training shards for `lumina-jax train`.
 
   lumina-jax prepare --input DIR_or_manifest.jsonl --output OUT [--resolution 256 --fps 8
       --max-duration 4 --latent-encoder identity|cogvideox --latent-encoder-path VAE_DIR
@@ -35,7 +35,7 @@ from lumina_jax.errors import UserError
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "prepare",
-        help="scan media, compute motion scores, write ArrayRecord shards",
+        help="turn videos/images (or the built-in demo) into training shards",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -71,15 +71,21 @@ def register(subparsers) -> None:
     p.add_argument("--max-frames", type=int, default=None,
                    help="--demo only: frames per generated clip (default 16)")
     p.add_argument("--multiple", type=int, default=32, help="bucket sides divisible by this")
-    p.add_argument("--max-aspect", type=float, default=4.0)
-    p.add_argument("--latent-encoder", choices=sorted(encoders.LATENT_ENCODERS), default="identity")
+    p.add_argument("--max-aspect", type=float, default=4.0,
+                   help="widest bucket aspect ratio (long side / short side) (default: 4)")
+    p.add_argument("--latent-encoder", choices=sorted(encoders.LATENT_ENCODERS), default="identity",
+                   help="identity: the pixels themselves (the demo), cogvideox: the "
+                        "CogVideoX VAE from --latent-encoder-path (default: identity)")
     p.add_argument("--latent-encoder-path", default="", help="local weights folder (cogvideox)")
     p.add_argument("--caption-encoder", choices=sorted({*encoders.CAPTION_ENCODERS, "clip"}),
                    default="minilm", help="text features (clip: --v2a only)")
     p.add_argument("--caption-encoder-path", default="",
                    help="local weights folder (gemma; clip for --v2a)")
-    p.add_argument("--system-prompt", default=encoders.DEFAULT_SYSTEM_PROMPT)
-    p.add_argument("--records-per-shard", type=int, default=1024)
+    p.add_argument("--system-prompt", default=encoders.DEFAULT_SYSTEM_PROMPT,
+                   help="prepended to every caption before it is encoded (default: the "
+                        "official Lumina-Video system prompt)")
+    p.add_argument("--records-per-shard", type=int, default=1024,
+                   help="clips per ArrayRecord shard file (default: 1024)")
     p.set_defaults(func=run)
 
 

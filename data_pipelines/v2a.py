@@ -65,11 +65,13 @@ def window_steps(seconds: float, s: audio.AudioSettings, time_factor: int) -> in
 
 
 def clip_features(path: str, seconds: float, fps: float, settings: audio.AudioSettings,
-                  visual, audio_latents=None) -> dict:
+                  visual, time_factor: int = 1, audio_latents=None) -> dict:
     """Features of the first `seconds` of the video at `path` (see the module doc):
-    frames, sync and, with `audio_latents` (an encoder), the audio latents of its sound.
+    frames and sync at the rate of latents `time_factor` x coarser than mel frames, and,
+    with `audio_latents` (an encoder; its factor wins), the audio latents of its sound.
     Raises video.DecodeError if the file cannot be read."""
-    time_factor = audio_latents.time_factor if audio_latents is not None else 1
+    if audio_latents is not None:
+        time_factor = audio_latents.time_factor
     steps = window_steps(seconds, settings, time_factor)
     if steps < TIME_MULTIPLE:
         raise video.DecodeError(f"{path}: {seconds:.2f} s is too short for a V2A clip")
@@ -117,7 +119,8 @@ def prepare_v2a(input_path: str, output: str, *, seconds: float = 2.0, fps: floa
                               f"needs a video of >= {seconds:g} s")
                 continue
             try:
-                feats = clip_features(rec["path"], seconds, fps, settings, visual, latents)
+                feats = clip_features(rec["path"], seconds, fps, settings, visual,
+                                      audio_latents=latents)
             except video.DecodeError as e:
                 manifest.skip(skipped, rec["path"], "unreadable", str(e))
                 continue

@@ -1,4 +1,11 @@
-"""`lumina-jax` command line: one subcommand per job, each registered by its module."""
+"""Train and sample Lumina-Video (a multi-scale Next-DiT) and Lumina-V2A with JAX.
+
+A first run on a CPU (a few minutes): make the demo data, train, then look at samples:
+
+  lumina-jax prepare --demo --output workdirs/demo_data --max-frames 8 --resolution 16
+  lumina-jax train --config configs/demo.py --workdir workdirs/demo
+  lumina-jax sample --checkpoint workdirs/demo
+"""
 
 from __future__ import annotations
 
@@ -11,36 +18,78 @@ from lumina_jax.errors import UserError
 
 def _register_info(subparsers) -> None:
     p = subparsers.add_parser(
-        "info", help="build a model preset, print its parameter counts and run a forward "
-                     "pass for every patch size (images and video)")
-    p.add_argument("--preset", default="demo", help="model preset (default: demo)")
-    p.add_argument("--frames", type=int, default=8, help="latent frames of the test video")
+        "info", help="a model preset's parameter counts; --forward: a test forward pass",
+        description="A model preset's parameter counts, per part, from shapes alone "
+                    "(seconds, no memory, even for the 2B models). --forward also builds the "
+                    "model with random weights and runs one forward pass per patch size.")
+    p.add_argument("--preset", default="demo",
+                   help="model preset (default: demo): one of " + ", ".join(_preset_names()))
+    p.add_argument("--forward", action="store_true",
+                   help="also build the model (random weights: memory for every parameter) "
+                        "and run one forward pass per patch size on random inputs")
+    p.add_argument("--frames", type=int, default=8,
+                   help="--forward: latent frames of the test video (V2A: video frames of "
+                        "visual features) (default: 8)")
     p.add_argument("--size", type=int, nargs=2, default=(32, 32), metavar=("H", "W"),
-                   help="latent height and width of the test inputs")
-    p.add_argument("--batch", type=int, default=2)
+                   help="--forward: latent height and width of the test inputs (V2A: audio "
+                        "latent time steps and mel bins) (default: 32 32)")
+    p.add_argument("--batch", type=int, default=2,
+                   help="--forward: items per test batch (default: 2)")
     p.set_defaults(func=_run_info)
 
 
+def _preset_names() -> list[str]:
+    from lumina_jax.model.config import PRESETS
+
+    return list(PRESETS)
+
+
 def _run_info(args) -> int:
+    from flax import nnx
+
+    from lumina_jax.model import build_model, get_preset
+
+    cfg = get_preset(args.preset)
+    extra = (f", frame features {cfg.frame_dim}, sync features {cfg.sync_dim}"
+             if cfg.kind == "v2a" else "")
+    print(f"preset {args.preset} ({cfg.kind}): dim {cfg.dim}, {cfg.n_layers} layers, "
+          f"{cfg.n_heads} heads ({cfg.kv_heads} kv, head_dim {cfg.head_dim}), ffn "
+          f"{cfg.ffn_dim}, patch sizes {cfg.patch_sizes}{extra}")
+    # Shapes only (nnx.eval_shape runs no initialiser and allocates nothing): seconds and
+    # a few hundred MB even for the 2B models, whose real build takes minutes and ~15 GB.
+    abstract = nnx.eval_shape(lambda: build_model(cfg))
+    groups: dict[str, int] = {}
+    nbytes = 0
+    for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
+        shape = var.get_value()  # a jax.ShapeDtypeStruct
+        groups[str(path[0])] = groups.get(str(path[0]), 0) + shape.size
+        nbytes += shape.size * shape.dtype.itemsize
+    size = (f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB")
+    print(f"parameters: {sum(groups.values()):,} ({size} in {cfg.param_dtype})")
+    for name, n in groups.items():
+        print(f"  {name:<22} {n:>14,}")
+    if not args.forward:
+        print("(add --forward to build the model and run a test forward pass per patch size)")
+        return 0
+    _check_ranges(args, frames=(1, None), size=(1, None), batch=(1, None))
+    del abstract
+    print(f"building the model with random weights ({size})...", flush=True)
+    model = build_model(cfg)
+    if cfg.kind == "v2a":
+        _info_forward_v2a(model, cfg, args)
+    else:
+        _info_forward_video(model, cfg, args)
+    return 0
+
+
+def _info_forward_video(model, cfg, args) -> None:
     import time
 
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from lumina_jax.model import NextDiT, count_params, get_preset, token_count
-
-    cfg = get_preset(args.preset)
-    print(f"preset {args.preset}: dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads "
-          f"({cfg.kv_heads} kv, head_dim {cfg.head_dim}), ffn {cfg.ffn_dim}, "
-          f"patch sizes {cfg.patch_sizes}")
-    print(f"parameters: {count_params(cfg):,}")
-    model = NextDiT(cfg, rngs=nnx.Rngs(0))
-    groups: dict[str, int] = {}
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        groups[str(path[0])] = groups.get(str(path[0]), 0) + var.value.size
-    for name, n in groups.items():
-        print(f"  {name:<22} {n:>14,}")
+    from lumina_jax.model import token_count
 
     b, (h, w) = args.batch, args.size
     key = jax.random.key(0)
@@ -61,16 +110,64 @@ def _run_info(args) -> int:
             print(f"  {kind} {pf}x{p}: in {tuple(x.shape)} -> out {tuple(out.shape)}, "
                   f"{tokens} tokens/item, max|out| {float(jnp.max(jnp.abs(out))):.3g} "
                   f"(zero at init), compile+run {took:.2f}s")
-    return 0
+
+
+def _info_forward_v2a(model, cfg, args) -> None:
+    """Audio latents [B, C, 1, T, M] with Fv frames of visual features and T sync rows."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    b, (steps, mels), fv = args.batch, args.size, args.frames
+    keys = jax.random.split(jax.random.key(0), 4)
+    cap = jax.random.normal(keys[0], (b, 16, cfg.cap_feat_dim))
+    mask = jnp.arange(16)[None] < jnp.array([16, 9] * b)[:b, None]
+    frames = jax.random.normal(keys[1], (b, fv, cfg.frame_dim))
+    sync = jax.random.normal(keys[2], (b, steps, cfg.sync_dim))
+    t = jnp.full((b,), 0.5)
+    x = jax.random.normal(keys[3], (b, cfg.in_channels, 1, steps, mels))
+    forward = nnx.jit(lambda m, x, ps: m(x, t, cap, mask, frames, sync, patch_size=ps),
+                      static_argnums=2)
+    for ps in cfg.patch_sizes:
+        start = time.perf_counter()
+        out = jax.block_until_ready(forward(model, x, ps))
+        took = time.perf_counter() - start
+        p = ps[0]
+        print(f"  audio {p}x{p}: in {tuple(x.shape)} + frames {tuple(frames.shape)} + sync "
+              f"{tuple(sync.shape)} -> out {tuple(out.shape)}, {(steps // p) * (mels // p)} "
+              f"tokens/item, max|out| {float(jnp.max(jnp.abs(out))):.3g} (zero at init), "
+              f"compile+run {took:.2f}s")
+
+
+TRAIN_DESCRIPTION = """\
+Train a config in WORKDIR; running the same command again resumes from its last
+checkpoint. Any config field can be overridden with --config.a.b=value (unknown keys and
+wrong types are rejected before any compute), e.g. --config.optim.lr=1e-3.
+
+Configs and their variants (configs/x.py:VARIANT):
+  configs/demo.py                  the CPU demo, minutes (data: prepare --demo)
+  configs/demo.py:quick            a smoke run of it: a few steps per stage
+  configs/demo.py:tiny             the tests' tiny model and three short stages
+  configs/lumina_video_2b.py       the published 2B recipe: four stages, for a cluster
+  configs/lumina_video_2b.py:runlocal
+                                   that recipe in miniature on one CPU; makes its own data
+  configs/v2a_demo.py              the Lumina-V2A demo (data: prepare --demo-v2a)
+  configs/v2a_demo.py:quick        a smoke run of it: a few steps
+  configs/v2a_demo.py:tiny         the V2A tests' tiny model
+"""
 
 
 def _register_train(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train from an ml_collections config; resumes from the workdir",
-        description="Train. Config fields are overridden with --config.a.b=value (unknown "
-                    "keys and wrong types are rejected before any compute).")
-    p.add_argument("--config", required=True, help="configs/x.py or configs/x.py:arg")
-    p.add_argument("--workdir", required=True, help="checkpoints, metrics, samples go here")
+        "train", help="train a config in a workdir; run it again to resume",
+        description=TRAIN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True,
+                   help="configs/x.py, or configs/x.py:VARIANT (see the variants above)")
+    p.add_argument("--workdir", required=True,
+                   help="the run's folder: config.json, checkpoints, metrics, samples, logs; "
+                        "an existing run there is resumed")
     p.add_argument("--restart", action="store_true",
                    help="start again from step 0: move this workdir's checkpoints, metrics, "
                         "samples and logs to <workdir>/before-restart-<time>/ (never deleted)")
@@ -90,23 +187,35 @@ def _run_train(args) -> int:
 
 
 def _register_sample(subparsers) -> None:
-    p = subparsers.add_parser(
-        "sample", help="generate videos from a training workdir's EMA weights (latents npz, "
-                       "decoded mp4 + GIF)")
-    p.add_argument("--checkpoint", required=True, help="training workdir")
+    text = ("generate videos from a trained workdir's weights into a new folder per call: "
+            "latents npz, mp4 + GIF per prompt, and a large <clip>.preview.mp4 to watch "
+            "small samples in a normal player")
+    p = subparsers.add_parser("sample", help="generate videos from a trained workdir",
+                              description=text[0].upper() + text[1:] + ".")
+    p.add_argument("--checkpoint", required=True,
+                   help="training workdir (of `lumina-jax train` or `import`)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--prompt", action="append", default=None,
                    help="a prompt (repeatable); default: the config's sample prompts")
     p.add_argument("--out", default=None,
                    help="output folder (default: a new WORKDIR/samples/step<N>_<time> per call)")
-    p.add_argument("--weights", choices=("ema", "params"), default="ema")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--weights", choices=("ema", "params"), default="ema",
+                   help="ema: the moving average of the weights (default; what export "
+                        "publishes), params: the raw trained weights")
+    p.add_argument("--seed", type=int, default=None,
+                   help="noise seed of the first prompt, +1 per prompt (default: the run's "
+                        "sample seed)")
     p.add_argument("--system-prompt", default=None,
                    help="prepended to every prompt and the negative one (default: the run's)")
-    p.add_argument("--negative-prompt", default=None, help="default: the run's")
-    p.add_argument("--num-steps", type=int, default=None, help="Euler steps")
-    p.add_argument("--cfg", type=float, default=None, help="constant CFG scale")
-    p.add_argument("--motion", type=float, default=None, help="positive motion score")
+    p.add_argument("--negative-prompt", default=None,
+                   help="what CFG steers away from (default: the run's)")
+    p.add_argument("--num-steps", type=int, default=None,
+                   help="Euler steps (default: the run's)")
+    p.add_argument("--cfg", type=float, default=None,
+                   help="classifier-free guidance scale for every step (default: the run's)")
+    p.add_argument("--motion", type=float, default=None,
+                   help="motion score to condition on: higher = more motion (default: the "
+                        "run's)")
     p.add_argument("--preset", default=None,
                    help="sampler preset (960px, 960px-multiscale, 512px, 512px-multiscale)")
     p.add_argument("--size", type=int, nargs=3, default=None, metavar=("F", "H", "W"),
@@ -154,8 +263,13 @@ def _run_sample(args) -> int:
     latents = samples.generate(exp.model, state[args.weights], spec)
     out = args.out or _new_folder(os.path.join(
         args.checkpoint, "samples", f"step{step:07d}_{time.strftime('%Y%m%d-%H%M%S')}"))
-    paths, _ = samples.save_samples(latents, spec, out)
-    print("\n".join(paths))
+    samples.save_samples(latents, spec, out)
+    # The folder is new (or was empty): everything in it is this call's, previews included.
+    written = sorted(os.listdir(out))
+    note = (f" (*.preview.*: the clips enlarged to at least {samples.PREVIEW_SIDE} px, to "
+            f"watch in a normal player)" if any(".preview." in n for n in written) else "")
+    print(f"wrote {len(written)} files to {out}{note}:")
+    print("\n".join(os.path.join(out, name) for name in written))
     return 0
 
 
@@ -239,12 +353,15 @@ def _new_folder(path: str) -> str:
 
 
 def _register_export(subparsers) -> None:
+    text = ("write a workdir's weights as the official PyTorch checkpoint: the raw params "
+            "as consolidated.00-of-01.safetensors/.pth, the EMA weights as "
+            "consolidated_ema.00-of-01.safetensors/.pth, and model_args")
     p = subparsers.add_parser(
-        "export", help="write a training workdir's weights as the official PyTorch "
-                       "state_dict (consolidated[_ema].00-of-01.safetensors/.pth + model_args)")
+        "export", help="write a workdir's weights (params and EMA) as the official PyTorch "
+                       "checkpoint", description=text[0].upper() + text[1:] + ".")
     p.add_argument("--checkpoint", required=True, help="training workdir")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.set_defaults(func=_run_export)
 
 
@@ -257,21 +374,31 @@ def _run_export(args) -> int:
     if exp.model.kind != "video":
         raise UserError(f"--checkpoint {args.checkpoint} is a {exp.model.kind} run; the "
                         f"official PyTorch layout exists for the video model only")
+    step = int(state["step"])
+    print(f"exporting step {step} of {args.checkpoint}: the raw params as consolidated.* and "
+          f"the EMA weights as consolidated_ema.* (import takes the EMA ones unless "
+          f"--use params)", flush=True)
     for path in export_params(state["params"], exp.model, args.out, ema_params=state["ema"]):
         print(path)
+    print(f"exported step {step} (params and EMA) to {args.out}")
     return 0
 
 
 def _register_import(subparsers) -> None:
+    text = ("start a training workdir from PyTorch weights (a .safetensors/.pth state_dict "
+            "or an export folder) at step 0; then `lumina-jax train` trains from them")
     p = subparsers.add_parser(
-        "import", help="start a training workdir from PyTorch weights (.safetensors/.pth "
-                       "or an export folder)")
-    p.add_argument("--weights", required=True, help="state_dict file or export folder")
+        "import", help="start a workdir from PyTorch weights (an export folder or a file)",
+        description=text[0].upper() + text[1:] + ".")
+    p.add_argument("--weights", required=True,
+                   help="state_dict file (.safetensors/.pth) or export folder")
     p.add_argument("--use", choices=("ema", "params"), default=None,
                    help="which weights of an export folder: ema (the default when present: "
                         "what export publishes as the model) or params (the raw ones)")
     p.add_argument("--config", required=True, help="configs/x.py[:arg] of the run to start")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True,
+                   help="the new run's folder (refused if it has checkpoints; see "
+                        "--move-existing)")
     p.add_argument("--move-existing", action="store_true",
                    help="if the workdir has checkpoints, first move them and its config.json "
                         "to WORKDIR/before-import-<time>/ (nothing is deleted)")
@@ -338,18 +465,47 @@ def _register_plan(subparsers) -> None:
     register(subparsers)
 
 
-REGISTRARS = [_register_info, _register_prepare, _register_train, _register_sample,
-              _register_v2a, _register_export, _register_import, _register_sweep,
-              _register_plan]
+# In the order of a run: data, training, using the weights, then the planning tools.
+REGISTRARS = [_register_prepare, _register_train, _register_sample, _register_v2a,
+              _register_export, _register_import, _register_sweep, _register_plan,
+              _register_info]
+
+
+def version() -> str:
+    """The installed package's version, else (a source checkout) pyproject.toml's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("lumina-jax")
+    except metadata.PackageNotFoundError:
+        import pathlib
+        import tomllib
+
+        pyproject = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
+        try:
+            return tomllib.loads(pyproject.read_text())["project"]["version"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `lumina-jax` parser with every subcommand registered (what `main` parses with)."""
+    parser = argparse.ArgumentParser(prog="lumina-jax", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
+                        help="print the lumina-jax version and exit")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of a user error (also after the command)")
+    subparsers = parser.add_subparsers(dest="command", required=True, title="commands",
+                                       metavar="COMMAND",
+                                       help="`lumina-jax COMMAND --help` shows its options")
+    for register in REGISTRARS:
+        register(subparsers)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lumina-jax", description=__doc__)
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of a user error (also after the command)")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    for register in REGISTRARS:
-        register(subparsers)
+    parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     args.debug = args.debug or "--debug" in extra
     extra = [a for a in extra if a != "--debug"]

@@ -1,4 +1,4 @@
-"""`sweep` subcommand: named runs from a grid/list of config overrides, and their summary.
+"""Run a grid or list of config overrides as named runs, and summarise their metrics.
 
 A sweep file is Python with `get_sweep()` returning
 
@@ -35,10 +35,11 @@ SUMMARY_METRICS = ("loss", "grad_norm", "lr", "step_time_s", "tokens_per_s", "mf
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "sweep", help="run a grid/list of config overrides as named runs, or summarise them",
+        "sweep", help="run a grid of config overrides as named runs, or summarise them",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="configs/x.py or configs/x.py:arg")
-    p.add_argument("--sweep", help="sweep file defining get_sweep()")
+    p.add_argument("--config", help="configs/x.py or configs/x.py:arg (every run's base)")
+    p.add_argument("--sweep", help="sweep file defining get_sweep() (see above), e.g. "
+                                   "configs/sweeps/demo_lr.py")
     p.add_argument("--workdir", help="root folder, one sub-folder per run "
                                      "(default: workdirs/<config>_<sweep>)")
     mode = p.add_mutually_exclusive_group()

@@ -130,7 +130,7 @@ def video_to_audio(exp, params, video_path: str, out_path: str, *, caption: str 
     seconds = min(float(info["duration"]), max_seconds)
     visual = audio.get_visual_encoder(meta["visual_encoder"], meta["visual_encoder_path"])
     try:
-        feats = clip_features(video_path, seconds, meta["fps"], s, visual)
+        feats = clip_features(video_path, seconds, meta["fps"], s, visual, factor)
     except video.DecodeError as e:
         raise UserError(f"--video {video_path}: {e}") from None
     text = audio.get_text_encoder(meta["caption_encoder"], meta["caption_encoder_path"])
@@ -161,12 +161,14 @@ def register(subparsers) -> None:
     p.add_argument("--video", required=True, help="input video (its own sound is ignored)")
     p.add_argument("--out", required=True, help="output .mp4 (must not exist)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--weights", choices=("ema", "params"), default="ema")
+    p.add_argument("--weights", choices=("ema", "params"), default="ema",
+                   help="the EMA weights (default) or the raw trained params")
     p.add_argument("--caption", default="", help="text condition (default: none)")
     p.add_argument("--num-steps", type=int, default=None, help="Euler steps (default: the "
                                                                  "config's v2a.num_steps)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: config)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None,
+                   help="noise seed (default: the config's v2a.seed)")
     p.add_argument("--vocoder", choices=("griffinlim", "hifigan"), default=None,
                    help="default: the config's v2a.vocoder (griffinlim needs no weights)")
     p.add_argument("--vocoder-path", default=None, help="HiFi-GAN weights folder (hifigan)")

@@ -6,7 +6,8 @@ from lumina_jax.cli import main
 
 
 def test_info_prints_counts_and_shapes_for_every_patch_size(capsys):
-    assert main(["info", "--preset", "tiny", "--frames", "4", "--size", "8", "8"]) == 0
+    assert main(["info", "--preset", "tiny", "--frames", "4", "--size", "8", "8",
+                 "--forward"]) == 0
     out = capsys.readouterr().out
     assert "parameters: 215,608" in out
     for kind in ("image", "video"):

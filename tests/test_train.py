@@ -168,4 +168,5 @@ def test_export_import_and_sample_commands_work_on_a_run(uninterrupted, demo_dat
     assert all(jax.tree.leaves(same))
     assert main(["sample", "--checkpoint", str(workdir), "--prompt", "a red square moving left",
                  "--num-steps", "2", "--out", str(tmp_path / "samples")]) == 0
-    assert sorted(p.suffix for p in (tmp_path / "samples").iterdir()) == [".gif", ".mp4", ".npz"]
+    names = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert [n.split(".", 1)[1] for n in names] == ["gif", "mp4", "npz", "preview.mp4"], names

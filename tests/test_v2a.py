@@ -119,6 +119,11 @@ def test_train_resume_v2a_command_and_export_refusal(v2a_clips, tmp_path):
     records = per_step(workdir)
     assert sorted(records) == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in
                                                    records.values())
+    evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
+             if "eval/loss/audio" in line]
+    assert [e["step"] for e in evals] == [2, 4]  # every 2 steps, resumed run included
+    assert all(np.isfinite(e["eval/loss_t0.5/audio"]) for e in evals)
+    assert "eval at step 4 (fixed training batches, EMA weights" in proc.stdout + proc.stderr
 
     video = v2a_clips / "clips" / "clip_00000.mp4"
     out = tmp_path / "with_sound.mp4"

@@ -290,6 +290,16 @@ def _check_run_fields(c: dict, optim: OptimConfig, stages: list[Stage]) -> None:
     whole("log_every", c.get("log_every", 1), 1)
     whole("max_nonfinite_steps", c.get("max_nonfinite_steps", 0), 0)
     whole("sample.every", c.get("sample", {}).get("every", 0), 0)
+    evaluation = c.get("eval", {})
+    whole("eval.every", evaluation.get("every", 0), -1)
+    whole("eval.batches", evaluation.get("batches", 1), 1)
+    need(all(0.0 <= float(t) <= 1.0 for t in evaluation.get("t_values", [0.5]))
+         and len(evaluation.get("t_values", [0.5])) > 0, "eval.t_values",
+         "must be a non-empty list of times in [0, 1]", evaluation.get("t_values"))
+    tasks = {t.name for s in stages for t in s.tasks}
+    for name, folder in (evaluation.get("sources") or {}).items():
+        need(name in tasks, f"eval.sources.{name}", f"is not a task of any stage "
+             f"({sorted(tasks)})", folder)
     need(optim.lr > 0, "optim.lr", "must be > 0", optim.lr)
     for i, stage in enumerate(stages):
         if stage.lr is not None:

@@ -28,8 +28,10 @@ from lumina_jax.train import guard
 from lumina_jax.train import samples as sampling
 from lumina_jax.train.checkpoint import Checkpointer, DataStreams, abstract_state
 from lumina_jax.train.config import ConfigError, Experiment, build, call_function
+from lumina_jax.train.evaluate import Evaluator
 from lumina_jax.train.metrics import MetricWriter, device_peak_flops
-from lumina_jax.train.state import OptimConfig, init_state, make_optimizer, state_shardings
+from lumina_jax.train.state import (OptimConfig, init_state, make_optimizer, model_graphdef,
+                                    state_shardings)
 from lumina_jax.train.step import (TrainStep, batch_keys, enable_compilation_cache,
                                    global_batch)
 
@@ -197,6 +199,9 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
         guard.record_config(workdir, config.to_json_best_effort(indent=1), step)
 
     writer = MetricWriter(workdir, start_step=step)
+    # single process only, like sampling (the fixed batches are this host's arrays)
+    evaluator = (Evaluator(exp, config.eval.to_dict(), model_graphdef(exp.model), keys)
+                 if jax.process_count() == 1 and config.eval.every >= 0 else None)
     peak = device_peak_flops(config.peak_flops_per_device)
     spec = sample_spec(config, exp)
     key = jax.random.key(int(config.seed))
@@ -302,10 +307,14 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
             save()
             if spec and config.sample.every and step % config.sample.every == 0:
                 _write_samples(exp, state, spec, workdir, step, writer)
+            if evaluator and config.eval.every > 0 and step % config.eval.every == 0:
+                _evaluate(evaluator, state, stage, step, writer, log)
             if stop.agreed():
                 return stop_now(stop.name or "stop requested by another process")
     save(force=True)
     ckpt.close()
+    if evaluator and not (config.eval.every > 0 and step % config.eval.every == 0):  # the end
+        _evaluate(evaluator, state, exp.stages[exp.stage_at(step - 1)[0]], step, writer, log)
     bar.close()
     if spec:
         _write_samples(exp, state, spec, workdir, step, writer)
@@ -418,6 +427,19 @@ def import_weights(config: ml_collections.ConfigDict, weights: str, workdir: str
     return os.path.join(workdir, "checkpoints", "0")
 
 
+def _evaluate(evaluator, state, stage, step: int, writer, log) -> None:
+    """Validation losses of the EMA weights (the ones sampling uses), logged and written."""
+    start = time.perf_counter()
+    values = evaluator(state["ema"], stage)
+    writer.scalars(step, values)
+    per_task = ", ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in values.items()
+                         if k.startswith("eval/loss/"))
+    where = ("held-out" if all(evaluator.held_out(t.name) for t in stage.tasks)
+             else "fixed training")
+    log(f"eval at step {step} ({where} batches, EMA weights, {time.perf_counter() - start:.1f}"
+        f"s): loss {per_task}")
+
+
 def _write_samples(exp: Experiment, state, spec, workdir: str, step: int, writer) -> None:
     """Samples with the EMA weights; single-process runs only (arrays must be addressable)."""
     if jax.process_count() > 1:
@@ -465,6 +487,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.cpu_devices = 0
     # Appended to $XLA_FLAGS before JAX starts (e.g. cheaper CPU codegen for tiny runs).
     c.xla_flags = ""
+    # In-loop validation (train/evaluate.py): flow loss of fixed batches at these t with
+    # fixed noise, every `every` steps and at the end (0: at the end only; -1: never);
+    # `sources` maps a task name to a held-out prepared folder (else the task's own data,
+    # drawn with a fixed seed).
+    c.eval = ml_collections.ConfigDict({"every": 0, "t_values": [0.1, 0.3, 0.5, 0.7, 0.9],
+                                        "batches": 2, "sources": {}})
     c.sample = ml_collections.ConfigDict({
         "every": 0, "prompts": [], "frames": 8, "height": 32, "width": 32, "seed": 0, "fps": 8.0,
         "caption_encoder": "minilm", "system_prompt": "", "negative_prompt": "",

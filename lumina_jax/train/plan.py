@@ -58,8 +58,12 @@ class PlanError(UserError, ValueError):
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "plan", help="per-device memory (params, optimiser, EMA, activations) and step FLOPs "
-                     "of every curriculum stage on a mesh; which accelerators it fits")
+        "plan", help="per-device memory and FLOPs of each training stage on a mesh; which "
+                     "accelerators it fits",
+        description="Per-device memory (params, optimiser, EMA, activations) and step FLOPs "
+                    "of every curriculum stage of a config on a mesh, which accelerators that "
+                    "fits, and the smallest mesh that fits each. Each stage is printed as "
+                    "soon as it is planned (a compile can take minutes).")
     p.add_argument("--config", required=True, help="configs/x.py or configs/x.py:arg")
     p.add_argument("--mesh", default="", help="e.g. fsdp=256 or data=2,fsdp=128 "
                                               "(default: the config's mesh)")
@@ -68,7 +72,10 @@ def register(subparsers) -> None:
     p.add_argument("--accelerator", choices=sorted(ACCELERATORS), default=None,
                    help="report fit and smallest mesh for this one (default: all three)")
     p.add_argument("--stage", type=int, default=0, help="1-based stage; 0 = all stages")
-    p.add_argument("--method", choices=("compiled", "analytic"), default="compiled")
+    p.add_argument("--method", choices=("compiled", "analytic"), default="compiled",
+                   help="compiled (default): compile the real train step for fake CPU "
+                        "devices and read its memory (minutes for large models); analytic: "
+                        "shapes and an activation estimate (seconds)")
     p.add_argument("--timeout", type=int, default=480, help="seconds per compile")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run, accepts_overrides=True)
@@ -341,16 +348,29 @@ def plan_stage(exp, config_spec, overrides, stage_index, mesh_sizes, rules, meth
 # ------------------------------------------------------------------ the command
 
 def run(args) -> int:
+    """Print the plan: the header at once, then each stage as soon as it is planned (or the
+    whole JSON at the end with --json)."""
+    emit = None if args.json else (lambda text: print(text, flush=True))
     try:
-        text = plan(args)
+        text = plan(args, emit=emit)
     except PlanError as e:
         print(f"lumina-jax plan: error: {e}", file=sys.stderr)
         return 2
-    print(text)
+    if args.json:
+        print(text)
     return 0
 
 
-def plan(args) -> str:
+CALIBRATION_NOTE = """\
+note: "activations xK" in the smallest-mesh lines: K = the stage's compiled temporaries /
+its analytic activation estimate. The smallest-mesh search compiles nothing: it adds up the
+analytic estimate on each candidate mesh with the activations multiplied by K, so it
+matches the compile (x1.00: not calibrated, with --method analytic or a failed compile)."""
+
+
+def plan(args, emit=None) -> str:
+    """The plan as text (or JSON with args.json). `emit`, if given, is called with each
+    part of the text as soon as it is known: the header, then one block per stage."""
     from lumina_jax.train.loop import rules_of
     from lumina_jax.train.config import ConfigError, build, load_config
 
@@ -372,8 +392,15 @@ def plan(args) -> str:
              f"{c.kv_heads} kv), params {c.param_dtype}, compute {c.dtype}, remat {c.remat}; "
              f"mesh {', '.join(f'{a}={s}' for a, s in mesh_sizes.items() if s > 1) or 'single'}"
              f" ({n_dev} devices), rules {config.rules if isinstance(config.rules, str) else 'custom'}"]
+    if emit:
+        emit(lines[0])
     report = []
     for si in stages:
+        if args.method == "compiled":
+            print(f"stage {si + 1}/{len(exp.stages)}: compiling the train step for {n_dev} fake "
+                  f"CPU devices (at most --timeout {args.timeout}s)...", file=sys.stderr,
+                  flush=True)
+        first = len(lines)
         r = plan_stage(exp, args.config, overrides, si, mesh_sizes, rules, args.method,
                        args.timeout)
         # Smallest mesh: the analytic estimate over growing meshes (see growth_meshes),
@@ -419,6 +446,11 @@ def plan(args) -> str:
                          f"{'fits' if r['fits'][a] else 'does NOT fit'}; smallest mesh that "
                          f"fits (analytic, activations x{r['activation_calibration']:.2f}): "
                          f"{m or 'none up to ' + mesh_text(cands[-1])}")
+        if emit:
+            emit("\n".join(lines[first:]))
+    lines.append("\n" + CALIBRATION_NOTE)
+    if emit:
+        emit(lines[-1])
     if args.json:
         return json.dumps({"mesh": mesh_sizes, "devices": n_dev, "stages": report}, default=str)
     return "\n".join(lines)

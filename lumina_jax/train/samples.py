@@ -1,5 +1,7 @@
 """Sampling from trained weights: prompts -> caption features -> Euler ODE -> latents
-(saved as npz) -> decoder (identity or the CogVideoX VAE) -> mp4/GIF.
+(saved as npz) -> decoder (identity or the CogVideoX VAE) -> mp4/GIF, plus an enlarged
+`<clip>.preview.mp4` (`.preview.png` for images) when the clip is smaller than
+PREVIEW_SIDE px: a 16-px demo clip is invisible in a normal player.
 
 Used by the trainer (fixed prompts and seeds, EMA weights) and by `lumina-jax sample`.
 """
@@ -18,6 +20,8 @@ from flax import nnx
 
 from lumina_jax.diffusion.sampler import PRESETS, SampleSettings, nnx_velocity_fn, plan, sample
 from lumina_jax.model import ModelConfig, NextDiT
+
+PREVIEW_SIDE = 256  # previews are enlarged (nearest neighbour) to at least this short side
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +95,8 @@ def save_samples(latents: np.ndarray, spec: SampleSpec, out_dir: str,
                  prefix: str = "") -> tuple[list[str], np.ndarray]:
     """Write `<prefix>latents.npz` (latents, prompts, seed), then decode and write one mp4
     + GIF per clip (png for images). Returns (paths, npz first; the decoded frames).
+    Clips smaller than PREVIEW_SIDE also get an enlarged `<clip>.preview.mp4` (or
+    `.preview.png`) beside them, not in the returned paths (see `preview_path`).
 
     The npz comes first so a failing decoder (missing VAE, out of memory) loses nothing:
     the error is re-raised naming the npz, which can be decoded later.
@@ -107,21 +113,43 @@ def save_samples(latents: np.ndarray, spec: SampleSpec, out_dir: str,
 
 
 def _write_clips(frames: np.ndarray, prompts, out_dir: str, fps: float, prefix: str) -> list[str]:
-    """One mp4 and one GIF preview per clip; returns the mp4 (or png) paths."""
+    """One mp4 and one GIF per clip (and an enlarged preview); returns the mp4 (or png)
+    paths."""
     from data_pipelines.video import write_video
 
     paths = []
     for i, (clip, prompt) in enumerate(zip(frames, prompts)):
         slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower())[:48].strip("_")
         base = os.path.join(out_dir, f"{prefix}{i:02d}_{slug}")
+        big = enlarge(clip)
         if clip.shape[0] > 1:
             write_video(base + ".mp4", _even(clip), fps)
             iio.imwrite(base + ".gif", clip, duration=1000 / fps, loop=0)
+            if big is not None:
+                write_video(preview_path(base + ".mp4"), _even(big), fps)
             paths.append(base + ".mp4")
         else:
             iio.imwrite(base + ".png", clip[0])
+            if big is not None:
+                iio.imwrite(preview_path(base + ".png"), big[0])
             paths.append(base + ".png")
     return paths
+
+
+def preview_path(path: str) -> str:
+    """`x/00_clip.mp4` -> `x/00_clip.preview.mp4` (where save_samples puts the preview)."""
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.preview{ext}"
+
+
+def enlarge(clip: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray | None:
+    """Frames `[F, H, W, 3]` repeated (nearest neighbour, sharp pixels) by the smallest
+    whole factor that makes min(H, W) >= side; None if they are that large already."""
+    h, w = clip.shape[1:3]
+    if min(h, w) >= side:
+        return None
+    k = -(-side // min(h, w))
+    return np.repeat(np.repeat(clip, k, axis=1), k, axis=2)
 
 
 def _even(clip: np.ndarray) -> np.ndarray:
