@@ -21,9 +21,10 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Figures from a lent GPU/TPU (benchmarks/device_check.py), written by hand between these
-# markers and kept when this machine's sections are regenerated.
-ACCELERATOR_BEGIN, ACCELERATOR_END = "<!-- accelerator:begin -->", "<!-- accelerator:end -->"
+# Figures written by hand between `<!-- NAME:begin -->` and `<!-- NAME:end -->` markers
+# (a lent GPU's benchmarks/device_check.py run; the V2A demo, which needs a trained run)
+# are kept, in order, when this machine's sections are regenerated.
+KEPT = re.compile(r"<!-- (\w+):begin -->.*?<!-- \1:end -->", re.S)
 OUT = ROOT / "benchmarks" / "RESULTS.md"
 PY = sys.executable
 JOBS = {
@@ -43,6 +44,8 @@ JOBS = {
     "plan_4b": [PY, "-m", "lumina_jax.train.plan", "plan", "--config",
                 "configs/lumina_video_2b.py", "--config.model.preset=4B_GQA", "--mesh",
                 "fsdp=256", "--stage", "4"],
+    "motion": [PY, "benchmarks/motion_score.py"],
+    "v2a_throughput": [PY, "benchmarks/v2a_throughput.py"],
 }
 TITLES = {
     "mfu": "Train-step MFU, dim 512 x 4 layers, 2 x 2048 tokens (benchmarks/train_throughput.py)",
@@ -58,6 +61,9 @@ TITLES = {
                "(`... --mesh fsdp=256,sequence=4 --stage 4 --accelerator v5e`)",
     "plan_4b": "Scale plan: 4B_GQA stage 4 on 256 chips "
                "(`... --config.model.preset=4B_GQA --mesh fsdp=256 --stage 4`)",
+    "motion": "Motion score vs known motion (benchmarks/motion_score.py)",
+    "v2a_throughput": "Lumina-V2A train step, DP vs FSDP on 4 CPU devices "
+                      "(benchmarks/v2a_throughput.py)",
 }
 
 
@@ -127,6 +133,17 @@ def summary(outputs: dict[str, str]) -> list[str]:
         m = re.search(pattern, outputs.get(key) or "")
         if m:
             rows.append(f"| {TITLES[key].split(' (')[0]} | {m.group(0).strip()} |")
+    r = result(outputs.get("motion")).get("motion_score")
+    if r:
+        rows.append(f"| Motion score Spearman vs known pan speeds (new / old estimator) | "
+                    f"**{r['new']['pan_spearman']:.3f}** / {r['old']['pan_spearman']:.3f}; demo "
+                    f"32 px 'quickly' > 'slowly' in {r['new']['demo32_quickly_gt_slowly_pairs']}"
+                    f" / {r['old']['demo32_quickly_gt_slowly_pairs']} pairs |")
+    r = result(outputs.get("v2a_throughput"))
+    if r:
+        rows.append(f"| V2A train step, {r['devices']} CPU devices, batch {r['global_batch']} | "
+                    f"DP {r['dp']['tokens_per_s']:,.0f} tokens/s, FSDP "
+                    f"{r['fsdp']['tokens_per_s']:,.0f} (x{r['fsdp_over_dp_tokens_per_s']:.2f}) |")
     return rows
 
 
@@ -139,8 +156,7 @@ def main():
         old = OUT.read_text()
         for m in re.finditer(r"<!-- (\w+) -->\n```\n(.*?)\n```", old, re.S):
             previous[m.group(1)] = m.group(2)
-        m = re.search(rf"{ACCELERATOR_BEGIN}.*?{ACCELERATOR_END}", old, re.S)
-        accelerator = [m.group(0), ""] if m else []
+        accelerator = [line for m in KEPT.finditer(old) for line in (m.group(0), "")]
     outputs = dict(previous)
     for name in JOBS:
         if name in args.only:
