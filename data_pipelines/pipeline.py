@@ -128,7 +128,7 @@ def check_task(task: Task) -> None:
 
     Cheap: reads each prepared folder's prepared.json, never its examples or shards.
     """
-    if task.media == "audio":
+    if not isinstance(task, Task):  # a V2A task (task_from_dict with media="audio")
         from data_pipelines.v2a import check_audio_task
 
         return check_audio_task(task)
@@ -564,7 +564,7 @@ def make_dataset(
     task: Task, shard_index: int | None = None, shard_count: int | None = None
 ) -> grain.IterDataset:
     """The task's infinite IterDataset of batches for this host (defaults: jax process)."""
-    if task.media == "audio":
+    if not isinstance(task, Task):  # a V2A task
         from data_pipelines.v2a import make_audio_dataset
 
         return make_audio_dataset(task, shard_index, shard_count)

@@ -271,7 +271,8 @@ def summarize(root) -> str:
 
 
 def plot_losses(root, names: list[str], out: str) -> None:
-    """One panel for the total loss and one per task; a line per run."""
+    """One panel for the loss (mean over tasks), one per task and one per validation
+    loss (eval/loss/<task>); a line per run."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -279,7 +280,7 @@ def plot_losses(root, names: list[str], out: str) -> None:
 
     curves = {n: read_metrics(os.path.join(root, n)) for n in names}
     panels = ["loss", *sorted({k for rs in curves.values() for r in rs for k in r
-                               if k.startswith("loss/")})]
+                               if k.startswith(("loss/", "eval/loss/"))})]
     cols = min(len(panels), 3)
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.5 * rows), squeeze=False)

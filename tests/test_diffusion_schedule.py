@@ -31,8 +31,9 @@ def test_switching_points():
 def test_patch_size_and_invalid_schedules():
     assert patch_size("1x2") == (2, 1) and patch_size("2x2") == (2, 2) and patch_size("2x4") == (4, 2)
     assert patch_size((4, 2)) == (4, 2)
+    assert patch_size("4x2") == (2, 4)  # parses; a model rejects sizes it does not have
     with pytest.raises(ValueError):
-        patch_size("4x2")                         # pF=4, p=2 does not exist
+        patch_size("0x2")                         # sizes are >= 1
     with pytest.raises(ValueError):
         parse_schedule((1.0, (0.5, 2.0), (0.3, 3.0)))   # decreasing
     with pytest.raises(ValueError):

@@ -52,7 +52,7 @@ def eight_devices(tmp_path_factory, worker_id):
     batches of tests, so a plain fixture could run these minutes-long runs again)."""
     def make(folder):
         args = [a for run in RUNS for a in ("--run", run)]
-        report = run_script([*args, "--export", "cuda", "tpu"], {"XLA_FLAGS": with_xla_flags(
+        report = run_script([*args, "--steps", "2", "--export", "cuda", "tpu"], {"XLA_FLAGS": with_xla_flags(
             "--xla_force_host_platform_device_count=8")["XLA_FLAGS"]})
         (folder / "report.json").write_text(json.dumps(report))
 
@@ -63,7 +63,7 @@ def eight_devices(tmp_path_factory, worker_id):
 def test_losses_and_gradients_match_the_unsharded_xla_reference(eight_devices):
     for run in RUNS:
         reference = eight_devices["data=1/dp/1" + ("/v2a" if run.endswith("v2a") else "")]
-        assert len(reference["losses"]) == 3 and len(set(reference["losses"])) == 3  # trains
+        assert len(reference["losses"]) == 2 and len(set(reference["losses"])) == 2  # trains
         np.testing.assert_allclose(eight_devices[run]["losses"], reference["losses"],
                                    rtol=2e-5, err_msg=run)
         np.testing.assert_allclose(eight_devices[run]["grad_norms"], reference["grad_norms"],

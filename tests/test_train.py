@@ -146,8 +146,9 @@ def test_bad_configs_are_rejected_before_any_compute(demo_data):
 
 
 def test_export_import_and_sample_commands_work_on_a_run(uninterrupted, demo_data, tmp_path):
-    import numpy as np
+    import imageio.v3 as iio
     import jax
+    import numpy as np
 
     from lumina_jax.cli import main
     from lumina_jax.train.loop import load_run
@@ -169,4 +170,7 @@ def test_export_import_and_sample_commands_work_on_a_run(uninterrupted, demo_dat
     assert main(["sample", "--checkpoint", str(workdir), "--prompt", "a red square moving left",
                  "--num-steps", "2", "--out", str(tmp_path / "samples")]) == 0
     names = sorted(p.name for p in (tmp_path / "samples").iterdir())
-    assert [n.split(".", 1)[1] for n in names] == ["gif", "mp4", "npz", "preview.mp4"], names
+    assert sorted(n.split(".", 1)[1] for n in names) == ["gif", "mp4", "npz", "png",
+                                                         "preview.mp4"], names
+    sheet = iio.imread(tmp_path / "samples" / "contact_sheet.png")  # 8 frames, labelled
+    assert sheet.shape[1] >= 8 * 96 and sheet.shape[0] >= 96 + 14

@@ -56,15 +56,16 @@ def test_model_is_conditioned_on_frames_sync_and_text():
     nnx.update(model, jax.tree.map(lambda p: p + 0.05 * jax.random.normal(next(keys), p.shape),
                                    state))
     inp = _inputs(cfg)
-    out = model(**inp, patch_size=(4, 1))
+    forward = nnx.jit(lambda m, inp: m(**inp, patch_size=(4, 1)))  # one compile
+    out = forward(model, inp)
     assert out.shape == inp["x"].shape and bool(jnp.all(jnp.isfinite(out)))
     for name in ("frames", "sync", "cap_feats"):
         changed = dict(inp, **{name: inp[name] + 1.0})
-        delta = jnp.abs(model(**changed, patch_size=(4, 1)) - out).max()
+        delta = jnp.abs(forward(model, changed) - out).max()
         assert delta > 1e-3, name
     # sync is per token: changing only the last time steps moves those tokens most
     late = dict(inp, sync=inp["sync"].at[:, 12:].add(3.0))
-    delta = jnp.abs(model(**late, patch_size=(4, 1)) - out).mean(axis=(0, 1, 2, 4))
+    delta = jnp.abs(forward(model, late) - out).mean(axis=(0, 1, 2, 4))
     assert delta[12:].mean() > 2 * delta[:12].mean(), delta
     with pytest.raises(ValueError, match="sync must be"):
         model(**dict(inp, sync=inp["sync"][:, :8]), patch_size=(4, 1))

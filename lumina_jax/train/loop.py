@@ -13,6 +13,7 @@ import json
 import os
 import time
 
+import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -319,6 +320,13 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
     if spec:
         _write_samples(exp, state, spec, workdir, step, writer)
     writer.close()
+    if lead:
+        from lumina_jax.sweep import plot_losses
+
+        plot = os.path.join(workdir, "metrics.png")
+        plot_losses(os.path.dirname(os.path.abspath(workdir)),
+                    [os.path.basename(os.path.abspath(workdir))], plot)
+        print(f"loss and validation curves: {plot}", flush=True)
     return last
 
 
@@ -447,12 +455,13 @@ def _write_samples(exp: Experiment, state, spec, workdir: str, step: int, writer
     print(f"sampling {len(spec.prompts)} prompt{'s' * (len(spec.prompts) > 1)} at step "
           f"{step} (EMA weights) ...", flush=True)
     latents = sampling.generate(exp.model, state["ema"], spec, progress=False)
-    paths, frames = sampling.save_samples(latents, spec, os.path.join(workdir, "samples"),
-                                          prefix=f"step{step:07d}_")
+    paths, _ = sampling.save_samples(latents, spec, os.path.join(workdir, "samples"),
+                                     prefix=f"step{step:07d}_")
     writer.scalars(step, {"samples": json.dumps(paths)})
-    writer.videos(step, frames)
-    print(f"samples at step {step}: {paths[1]} ... ({len(paths) - 1} clips; latents in "
-          f"{paths[0]})", flush=True)
+    sheet = os.path.join(workdir, "samples", f"step{step:07d}_{sampling.CONTACT_SHEET}")
+    writer.image(step, "samples/contact_sheet", iio.imread(sheet))
+    print(f"samples at step {step}: {sheet} (all frames), {paths[1]} ... ({len(paths) - 1} "
+          f"clips; latents in {paths[0]})", flush=True)
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -89,13 +89,10 @@ class MetricWriter:
             if isinstance(v, (int, float)):
                 self.tb.add_scalar(k, v, step)
 
-    def videos(self, step: int, frames: np.ndarray, tag: str = "samples") -> None:
-        """Clips `[N, F, H, W, 3]` uint8 as one image per clip (frames side by side)."""
-        if not self.enabled:
-            return
-        for i, clip in enumerate(frames):
-            self.tb.add_image(f"{tag}/{i}", np.concatenate(list(clip), axis=1), step,
-                              dataformats="HWC")
+    def image(self, step: int, tag: str, image: np.ndarray) -> None:
+        """A uint8 [H, W, 3] image (e.g. the samples' contact sheet) into TensorBoard."""
+        if self.enabled:
+            self.tb.add_image(tag, image, step, dataformats="HWC")
 
     def close(self) -> None:
         if self.enabled:

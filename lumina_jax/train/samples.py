@@ -1,7 +1,8 @@
 """Sampling from trained weights: prompts -> caption features -> Euler ODE -> latents
 (saved as npz) -> decoder (identity or the CogVideoX VAE) -> mp4/GIF, plus an enlarged
 `<clip>.preview.mp4` (`.preview.png` for images) when the clip is smaller than
-PREVIEW_SIDE px: a 16-px demo clip is invisible in a normal player.
+PREVIEW_SIDE px (a 16-px demo clip is invisible in a normal player), and one labelled
+`contact_sheet.png` of every frame of every prompt.
 
 Used by the trainer (fixed prompts and seeds, EMA weights) and by `lumina-jax sample`.
 """
@@ -22,6 +23,7 @@ from lumina_jax.diffusion.sampler import PRESETS, SampleSettings, nnx_velocity_f
 from lumina_jax.model import ModelConfig, NextDiT
 
 PREVIEW_SIDE = 256  # previews are enlarged (nearest neighbour) to at least this short side
+CONTACT_SHEET = "contact_sheet.png"  # every frame of every prompt, labelled, one image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +98,8 @@ def save_samples(latents: np.ndarray, spec: SampleSpec, out_dir: str,
     """Write `<prefix>latents.npz` (latents, prompts, seed), then decode and write one mp4
     + GIF per clip (png for images). Returns (paths, npz first; the decoded frames).
     Clips smaller than PREVIEW_SIDE also get an enlarged `<clip>.preview.mp4` (or
-    `.preview.png`) beside them, not in the returned paths (see `preview_path`).
+    `.preview.png`) beside them, and all clips one `<prefix>contact_sheet.png`; neither is
+    in the returned paths (see `preview_path`, CONTACT_SHEET).
 
     The npz comes first so a failing decoder (missing VAE, out of memory) loses nothing:
     the error is re-raised naming the npz, which can be decoded later.
@@ -109,7 +112,10 @@ def save_samples(latents: np.ndarray, spec: SampleSpec, out_dir: str,
     except Exception as e:
         raise RuntimeError(f"decoding the samples with {spec.latent_decoder!r} failed ({e}); "
                            f"the raw latents are saved in {npz}") from e
-    return [npz] + _write_clips(frames, spec.prompts, out_dir, spec.fps, prefix), frames
+    paths = [npz] + _write_clips(frames, spec.prompts, out_dir, spec.fps, prefix)
+    iio.imwrite(os.path.join(out_dir, f"{prefix}{CONTACT_SHEET}"),
+                contact_sheet(frames, spec.prompts))
+    return paths, frames
 
 
 def _write_clips(frames: np.ndarray, prompts, out_dir: str, fps: float, prefix: str) -> list[str]:
@@ -134,6 +140,29 @@ def _write_clips(frames: np.ndarray, prompts, out_dir: str, fps: float, prefix: 
                 iio.imwrite(preview_path(base + ".png"), big[0])
             paths.append(base + ".png")
     return paths
+
+
+def contact_sheet(frames: np.ndarray, prompts, cell: int = 96) -> np.ndarray:
+    """Every frame of every clip on one labelled image: a row per prompt (its text above),
+    frames left to right, each enlarged by whole factors (nearest neighbour) to >= `cell`
+    px on its short side. `frames` uint8 [N, F, H, W, 3] -> uint8 [rows, cols, 3]."""
+    from PIL import Image, ImageDraw
+
+    n, f, h, w, _ = frames.shape
+    k = max(1, -(-cell // min(h, w)))
+    gap, label = 4, 14
+    ch, cw = h * k, w * k
+    sheet = np.full((n * (label + ch + gap) + gap, f * (cw + gap) + gap, 3), 255, np.uint8)
+    for i, (clip, prompt) in enumerate(zip(frames, prompts)):
+        top = gap + i * (label + ch + gap) + label
+        for j, frame in enumerate(clip):
+            left = gap + j * (cw + gap)
+            sheet[top:top + ch, left:left + cw] = frame.repeat(k, 0).repeat(k, 1)
+    image = Image.fromarray(sheet)
+    draw = ImageDraw.Draw(image)
+    for i, prompt in enumerate(prompts):
+        draw.text((gap, gap + i * (label + ch + gap)), f"{i:02d} {prompt}", fill=(0, 0, 0))
+    return np.asarray(image)
 
 
 def preview_path(path: str) -> str:
