@@ -64,6 +64,30 @@ def test_stages_switch_shapes_and_tasks_at_the_right_steps(uninterrupted):
     assert list((workdir / "profile").rglob("*.xplane.pb"))  # --config.profile_steps=1,2
 
 
+def test_the_run_says_what_it_does_and_where_everything_goes(uninterrupted):
+    workdir, out = uninterrupted
+    from lumina_jax.model import count_params
+    from lumina_jax.train.config import build, load_config
+
+    params = count_params(build(load_config(TINY), check_data=False).model)
+    for line in (f"run {workdir}: config {workdir}/config.json",
+                 f"model: preset demo (video), {params:,} parameters",
+                 "devices: 1 x cpu in 1 process(es); mesh {'data': 1, 'fsdp': 1",
+                 "steps: 10 in 3 stage(s)",
+                 "stage 3 'joint' steps 7..10: image_1x2 (global batch 2, 16px, patch 1x2",
+                 f"checkpoints: {workdir}/checkpoints (every 2 steps, keep 5)",
+                 f"samples: {workdir}/samples (at the end)",
+                 "compiling stage 1: 2 new executables (image_1x2 [4, 3, 1, 16, 16], update)",
+                 f"saved checkpoint 2 (async, {workdir}/checkpoints/2)",
+                 "sampling 1 prompt at step 10 (EMA weights)",
+                 f"loss and validation curves: {workdir}/metrics.png"):
+        assert line in out, line
+    assert (workdir / "metrics.png").stat().st_size > 1000
+    # the bar shows the mean over tasks, logged as "loss"; "loss_total" is the summed one
+    records = per_step(workdir)
+    assert records[10]["loss_total"] > 2 * records[10]["loss"]  # 3 tasks in stage 3
+
+
 def test_sigkill_then_resume_reproduces_the_uninterrupted_losses_bitwise(
         uninterrupted, demo_data, tmp_path):
     reference = per_step(uninterrupted[0])
