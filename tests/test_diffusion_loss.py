@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from lumina_jax.diffusion import (DEFAULT_TASKS, LossConfig, TaskSpec, bin_by_t,
@@ -137,21 +136,3 @@ def test_zero_prediction_trains_on_mse_alone_and_others_keep_the_official_cosine
     unit_p, unit_t = p / jnp.linalg.norm(p), target / 5.0
     expected = (unit_t - cos * unit_p) / jnp.linalg.norm(p)
     np.testing.assert_allclose(grad_cos, expected, rtol=1e-4)
-
-
-def test_first_step_grad_norm_of_a_fresh_model_has_no_spike():
-    from flax import nnx
-
-    from lumina_jax.model import build_model, get_preset
-
-    cfg = get_preset("tiny")
-    graphdef, params = nnx.split(build_model(cfg), nnx.Param)
-    k = jax.random.split(jax.random.key(0), 3)
-    batch = {"latents": jax.random.normal(k[0], (2, cfg.in_channels, 1, 8, 8)),
-             "cap_feats": jax.random.normal(k[1], (2, 4, cfg.cap_feat_dim)),
-             "cap_mask": jnp.ones((2, 4), bool), "motion_score": jnp.zeros(2)}
-    task = TaskSpec("image", (2, 1), 1.0)
-    grads = jax.jit(jax.grad(lambda p: task_loss(nnx.merge(graphdef, p), k[2], batch,
-                                                  task)[0]))(params)
-    norm = float(optax.global_norm(grads))
-    assert 0 < norm < 100, norm  # was ~5e8 with torch's 1/eps cosine gradient
