@@ -32,6 +32,7 @@ import numpy as np
 from data_pipelines import buckets as bk
 from data_pipelines import encoders, manifest, motion, shards, video
 from data_pipelines.manifest import DataError
+from lumina_jax.train.guard import process_alive
 
 log = logging.getLogger("data_pipelines")
 
@@ -74,17 +75,6 @@ _OWN_FILES = re.compile("|".join(re.escape(n) for n in (
     shards.PREPARED_META)) + r"|shard-\d+\.array_record")
 
 
-def _alive(pid: int) -> bool:
-    """Whether the prepare that named a staging folder after `pid` may still be running."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return pid != os.getpid()  # our pid, reused: that earlier process is gone
-
-
 def _check_output(output: str) -> None:
     """Cleans up after a killed prepare of `output` (deletes its staging folder; if it was
     killed between the two renames, puts the previous result back), then refuses an
@@ -93,7 +83,7 @@ def _check_output(output: str) -> None:
     os.makedirs(parent, exist_ok=True)
     for name in sorted(os.listdir(parent)):
         stem, _, pid = name.rpartition("-")
-        if stem not in (base + ".tmp", base + ".old") or not pid.isdigit() or _alive(int(pid)):
+        if stem not in (base + ".tmp", base + ".old") or not pid.isdigit() or process_alive(pid):
             continue
         path = os.path.join(parent, name)
         if stem.endswith(".old") and not os.path.lexists(output):

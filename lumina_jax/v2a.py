@@ -188,7 +188,8 @@ def run(args) -> int:
         raise UserError(f"--video {args.video} is not a file")
     exp, state = _load_run(args.checkpoint, args.step)
     defaults = exp.config.to_dict().get("v2a", {})
-    pick = lambda value, name, fallback: value if value is not None else defaults.get(name, fallback)
+    pick = lambda value, name, fallback: (value if value is not None
+                                          else defaults.get(name, fallback))
     settings = V2ASettings(num_steps=pick(args.num_steps, "num_steps", 25),
                            cfg=pick(args.cfg, "cfg", 2.0), seed=pick(args.seed, "seed", 0))
     vocoder = pick(args.vocoder, "vocoder", "griffinlim")

@@ -1,1 +1,2 @@
-"""Train state, the jitted sharded train step, and (later) the loop and checkpoints."""
+"""Training: config, state, the sharded train step, the loop, checkpoints, metrics,
+samples, in-loop evaluation and the scale plan."""

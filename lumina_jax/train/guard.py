@@ -52,7 +52,9 @@ class WorkdirLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = self._owner()
-                if owner and owner.get("host") == me["host"] and not _alive(owner.get("pid")):
+                stale = owner and owner.get("host") == me["host"] and not process_alive(
+                    owner.get("pid"))
+                if stale:
                     print(f"removing the stale lock {self.path} of dead process "
                           f"{owner.get('pid')}", flush=True)
                     self.path.unlink(missing_ok=True)
@@ -86,14 +88,16 @@ class WorkdirLock:
             self.held = False
 
 
-def _alive(pid) -> bool:
+def process_alive(pid) -> bool:
+    """Whether the process that wrote `pid` (a lock, a staging folder name) on this host
+    may still run. Our own pid means an earlier process whose pid was reused: gone."""
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except (PermissionError, TypeError, ValueError):
         return True  # someone else's live process, or an unreadable pid: assume alive
-    return True
+    return int(pid) != os.getpid()
 
 
 def probe_writable(folder: str) -> None:
