@@ -83,7 +83,8 @@ def _check_output(output: str) -> None:
     os.makedirs(parent, exist_ok=True)
     for name in sorted(os.listdir(parent)):
         stem, _, pid = name.rpartition("-")
-        if stem not in (base + ".tmp", base + ".old") or not pid.isdigit() or process_alive(pid):
+        if stem not in (base + ".tmp", base + ".old") or not pid.isdigit() or (
+                int(pid) != os.getpid() and process_alive(pid)):  # ours: an earlier run's
             continue
         path = os.path.join(parent, name)
         if stem.endswith(".old") and not os.path.lexists(output):

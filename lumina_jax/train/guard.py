@@ -90,14 +90,14 @@ class WorkdirLock:
 
 def process_alive(pid) -> bool:
     """Whether the process that wrote `pid` (a lock, a staging folder name) on this host
-    may still run. Our own pid means an earlier process whose pid was reused: gone."""
+    may still run (our own pid: yes)."""
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except (PermissionError, TypeError, ValueError):
         return True  # someone else's live process, or an unreadable pid: assume alive
-    return int(pid) != os.getpid()
+    return True
 
 
 def probe_writable(folder: str) -> None:
