@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lumina_jax.diffusion.loss import VIDEO_INPUTS
 from lumina_jax.model import layers as L
 from lumina_jax.model.config import ModelConfig
 from lumina_jax.model.rope import grid_tables
@@ -76,7 +77,7 @@ def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs):
 
 class NextDiT(nnx.Module):
     # Batch fields the model takes besides the latents (the train step ships these).
-    inputs = ("cap_feats", "cap_mask", "motion_score")
+    inputs = VIDEO_INPUTS
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -137,11 +138,7 @@ class NextDiT(nnx.Module):
 
     def _check_inputs(self, x, t, cap_feats, cap_mask, motion_score, patch_size):
         cfg = self.cfg
-        patch_size = tuple(patch_size)
-        if patch_size not in cfg.patch_sizes:
-            raise ValueError(f"patch_size={patch_size} is not configured; ModelConfig.patch_sizes "
-                             f"has {cfg.patch_sizes}")
-        p, pf = patch_size
+        p, pf = check_patch_size(cfg, patch_size)
         if x.ndim != 5 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"x must be [B, C={cfg.in_channels}, F, H, W]; got {x.shape}")
         b, _, frames, h, w = x.shape
@@ -152,8 +149,21 @@ class NextDiT(nnx.Module):
         if t.shape != (b,) or motion_score.shape != (b,):
             raise ValueError(f"t and motion_score must be [B]=[{b}]; got {t.shape}, "
                              f"{motion_score.shape}")
-        if cap_feats.ndim != 3 or cap_feats.shape[0] != b or cap_feats.shape[2] != cfg.cap_feat_dim:
-            raise ValueError(f"cap_feats must be [B={b}, L, {cfg.cap_feat_dim}]; got {cap_feats.shape}")
-        if cap_mask.shape != cap_feats.shape[:2]:
-            raise ValueError(f"cap_mask must be {cap_feats.shape[:2]}; got {cap_mask.shape}")
+        check_captions(cfg, b, cap_feats, cap_mask)
         return p, pf
+
+
+def check_patch_size(cfg: ModelConfig, patch_size) -> tuple[int, int]:
+    """(p, pF) if the model has that patch size, else ValueError."""
+    patch_size = tuple(patch_size)
+    if patch_size not in cfg.patch_sizes:
+        raise ValueError(f"patch_size={patch_size} is not configured; ModelConfig.patch_sizes "
+                         f"has {cfg.patch_sizes}")
+    return patch_size
+
+
+def check_captions(cfg: ModelConfig, b: int, cap_feats, cap_mask) -> None:
+    if cap_feats.ndim != 3 or cap_feats.shape[0] != b or cap_feats.shape[2] != cfg.cap_feat_dim:
+        raise ValueError(f"cap_feats must be [B={b}, L, {cfg.cap_feat_dim}]; got {cap_feats.shape}")
+    if cap_mask.shape != cap_feats.shape[:2]:
+        raise ValueError(f"cap_mask must be {cap_feats.shape[:2]}; got {cap_mask.shape}")

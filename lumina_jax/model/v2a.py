@@ -23,8 +23,8 @@ from flax import nnx
 
 from lumina_jax.model import layers as L
 from lumina_jax.model.config import ModelConfig
-from lumina_jax.model.nextdit import (TOKENS_AXES, patchify, run_blocks, stacked_blocks,
-                                      unpatchify)
+from lumina_jax.model.nextdit import (TOKENS_AXES, check_captions, check_patch_size, patchify,
+                                      run_blocks, stacked_blocks, unpatchify)
 from lumina_jax.model.rope import grid_tables
 from lumina_jax.parallel.rules import constrain
 
@@ -99,11 +99,7 @@ class V2ADiT(nnx.Module):
 
     def _check_inputs(self, x, t, cap_feats, cap_mask, frames, sync, patch_size):
         cfg = self.cfg
-        patch_size = tuple(patch_size)
-        if patch_size not in cfg.patch_sizes:
-            raise ValueError(f"patch_size={patch_size} is not configured; ModelConfig."
-                             f"patch_sizes has {cfg.patch_sizes}")
-        p, pf = patch_size
+        p, pf = check_patch_size(cfg, patch_size)
         if x.ndim != 5 or x.shape[1] != cfg.in_channels or x.shape[2] != 1:
             raise ValueError(f"audio latents must be [B, C={cfg.in_channels}, 1, T, M]; got "
                              f"{x.shape}")
@@ -113,11 +109,7 @@ class V2ADiT(nnx.Module):
                              f"divisible by the patch size p={p}")
         if t.shape != (b,):
             raise ValueError(f"t must be [B]=[{b}]; got {t.shape}")
-        if cap_feats.ndim != 3 or cap_feats.shape[0] != b or cap_feats.shape[2] != cfg.cap_feat_dim:
-            raise ValueError(f"cap_feats must be [B={b}, L, {cfg.cap_feat_dim}]; got "
-                             f"{cap_feats.shape}")
-        if cap_mask.shape != cap_feats.shape[:2]:
-            raise ValueError(f"cap_mask must be {cap_feats.shape[:2]}; got {cap_mask.shape}")
+        check_captions(cfg, b, cap_feats, cap_mask)
         if frames.ndim != 3 or frames.shape[0] != b or frames.shape[2] != cfg.frame_dim:
             raise ValueError(f"frames must be [B={b}, Fv, frame_dim={cfg.frame_dim}]; got "
                              f"{frames.shape}")
