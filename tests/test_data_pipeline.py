@@ -244,9 +244,14 @@ def test_demo_dataset(tmp_path):
     assert {k: len(v) for k, v in by.items()} == {
         ("natural", "video"): 44,
         ("natural", "image"): 4,
-        ("synthetic", "video"): 96,
+        ("synthetic", "video"): 192,  # 2 random positions of each of 96 combinations
         ("synthetic", "image"): 12,
     }
+    heldout = manifest.read_manifest(demo.generate(str(tmp_path / "heldout"), heldout=True))
+    assert {(r["source"], r["media"]) for r in heldout} == {("synthetic", "video")}
+    assert {r["caption"] for r in heldout} == {r["caption"] for r in recs
+                                               if r["source"] == "synthetic" and "moving" in r["caption"]}
+    assert len(heldout) == 96
     assert all(r["duration"] == pytest.approx(2.0, abs=0.05) for r in recs if r["media"] == "video")
     assert {r["width"] for r in recs} == {64}
     caps = {r["caption"] for r in recs}
@@ -255,7 +260,8 @@ def test_demo_dataset(tmp_path):
     total = sum(os.path.getsize(r["path"]) for r in recs)
     assert total < 2_000_000
     # The same prepare path as user data, on a slice of it (the full set takes ~20 s).
-    sub = [r for r in recs if "red_square" in r["path"] or "chelsea" in r["path"]]
+    sub = [r for r in recs if "red_square" in r["path"] and "_1." not in r["path"]
+           or "chelsea" in r["path"]]
     manifest.write_manifest(str(tmp_path / "sub.jsonl"), sub)
     summary = offline.prepare(
         str(tmp_path / "sub.jsonl"),
