@@ -1,4 +1,4 @@
-"""JAX TrainStep vs the independent PyTorch Next-DiT (tests/torch_nextdit.py), CPU fp32.
+"""JAX TrainStep vs the independent PyTorch Next-DiT (lumina_jax/export/torch_nextdit.py), CPU fp32.
 
     python benchmarks/jax_vs_torch.py [--rounds 6]
     python benchmarks/jax_vs_torch.py --dim 256 --heads 4 --kv-heads 2 --batch 4 --frames 4 --width 32
@@ -92,8 +92,7 @@ def torch_worker(args, conn, setup):
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from torch_nextdit import MultiScaleNextDiT
+    from lumina_jax.export.torch_nextdit import MultiScaleNextDiT
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     model = MultiScaleNextDiT(**setup["model_kwargs"])

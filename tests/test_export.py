@@ -1,12 +1,11 @@
 """Export/import against the official PyTorch state_dict layout (REFERENCE.md §2).
 
-The oracle is tests/torch_nextdit.py, an independent PyTorch model written from
+The oracle is lumina_jax/export/torch_nextdit.py, an independent PyTorch model written from
 REFERENCE.md; it must load our exported files with strict=True and agree numerically.
 """
 
 import json
 import os
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -18,8 +17,7 @@ from lumina_jax.model import NextDiT, get_preset
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
-sys.path.insert(0, os.path.dirname(__file__))
-from torch_nextdit import MultiScaleNextDiT  # noqa: E402
+from lumina_jax.export.torch_nextdit import MultiScaleNextDiT  # noqa: E402
 
 ST, PTH = "consolidated.00-of-01.safetensors", "consolidated.00-of-01.pth"
 EMA_ST, EMA_PTH = "consolidated_ema.00-of-01.safetensors", "consolidated_ema.00-of-01.pth"

@@ -1,6 +1,8 @@
 """Independent plain-PyTorch Multi-scale Next-DiT, written from REFERENCE.md §1-2 only.
 
-Test oracle for the exporter: module/parameter names follow the official state_dict so
+The oracle of the exporter's tests (tests/test_export.py) and of the JAX-vs-PyTorch
+benchmark (benchmarks/jax_vs_torch.py); imports torch, so nothing in the package imports
+it. Module/parameter names follow the official state_dict so
 an exported file loads with strict=True. fp32, no flash-attn; items are processed one at
 a time (own tokens for self-attention, only the valid caption tokens for
 cross-attention), deliberately unlike the batched, masked JAX code.
