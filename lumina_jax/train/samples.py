@@ -137,18 +137,16 @@ def save_samples(latents: np.ndarray, spec: SampleSpec, out_dir: str,
 def _write_clips(frames: np.ndarray, prompts, out_dir: str, fps: float, prefix: str) -> list[str]:
     """One mp4 and one GIF per clip (and an enlarged preview); returns the mp4 (or png)
     paths."""
-    from data_pipelines.video import write_video
-
     paths = []
     for i, (clip, prompt) in enumerate(zip(frames, prompts)):
         slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower())[:48].strip("_")
         base = os.path.join(out_dir, f"{prefix}{i:02d}_{slug}")
         big = enlarge(clip)
         if clip.shape[0] > 1:
-            write_video(base + ".mp4", _even(clip), fps)
+            _write_mp4(base + ".mp4", _even(clip), fps)
             iio.imwrite(base + ".gif", clip, duration=1000 / fps, loop=0)
             if big is not None:
-                write_video(preview_path(base + ".mp4"), _even(big), fps)
+                _write_mp4(preview_path(base + ".mp4"), _even(big), fps)
             paths.append(base + ".mp4")
         else:
             iio.imwrite(base + ".png", clip[0])
@@ -156,6 +154,12 @@ def _write_clips(frames: np.ndarray, prompts, out_dir: str, fps: float, prefix: 
                 iio.imwrite(preview_path(base + ".png"), big[0])
             paths.append(base + ".png")
     return paths
+
+
+def _write_mp4(path: str, frames: np.ndarray, fps: float) -> None:
+    """H.264 in yuv420p, which every player takes (imageio's PyAV plugin)."""
+    iio.imwrite(path, frames, plugin="pyav", codec="libx264", fps=fps,
+                out_pixel_format="yuv420p")
 
 
 def contact_sheet(frames: np.ndarray, prompts, cell: int = 96) -> np.ndarray:
