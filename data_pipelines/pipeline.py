@@ -7,6 +7,12 @@ Shape of the graph (every batch comes from ONE bucket and one media type):
   per bucket: IterDataset.mix({source: stream}) -> drop bad files -> batch(B)
   IterDataset.mix({bucket: batches}) [-> mp_prefetch] [-> caption features] -> tally
 
+With `Task.packing` the buckets are mixed per clip instead, with the same weights, and
+clips of every bucket are packed into rows of one token budget (data_pipelines/packing.py):
+  per bucket: IterDataset.mix({source: stream}) -> drop bad files
+  random mix({bucket: clips}) -> patchify [-> mp_prefetch] [-> caption features]
+  -> first-fit packing into batch_size rows -> tally
+
 Weights: within bucket b source s gets w_s * n_sb / n_s, and bucket b gets
 sum_s w_s * n_sb / n_s, so overall source s is drawn with probability w_s (exactly, up
 to Grain's integer proportions) and each source's clips are drawn uniformly whatever
@@ -35,7 +41,7 @@ import grain
 import numpy as np
 
 from data_pipelines import buckets as bk
-from data_pipelines import encoders, manifest, shards, video
+from data_pipelines import encoders, manifest, packing, shards, video
 from data_pipelines.manifest import DataError  # re-exported: a stream that cannot produce batches
 
 log = logging.getLogger("data_pipelines")
@@ -90,6 +96,16 @@ class Task:
     num_workers: int = 0  # >0: decode in that many processes (mp_prefetch)
     read_threads: int = 2  # threads per stream reading/decoding ahead
     max_consecutive_failures: int = 64  # this many bad examples in a row: DataError
+    # Sequence packing (data_pipelines/packing.py): clips of every bucket patchified and
+    # packed whole, first-fit, into batch_size rows of pack_tokens tokens, at most
+    # pack_clips clips and pack_caption_tokens caption tokens (0: pack_clips x the caption
+    # length) per row: one batch shape for the task. patch_size (p, pF) is the task's
+    # (set by the trainer's config).
+    packing: bool = False
+    pack_tokens: int = 0
+    pack_clips: int = 8
+    pack_caption_tokens: int = 0
+    patch_size: tuple[int, int] = (2, 1)
 
 
 def _check_fields(d: Mapping[str, Any], cls, where: str = "") -> None:
@@ -113,8 +129,9 @@ def task_from_dict(d: Mapping[str, Any]) -> Task:
         fields = dict(fields)
         _check_fields(fields, Source, f"sources.{name}: ")
         srcs.append(Source(**{**fields, "name": name}))
-    if "frame_buckets" in d:
-        d["frame_buckets"] = tuple(d["frame_buckets"])
+    for field in ("frame_buckets", "patch_size"):
+        if field in d:
+            d[field] = tuple(d[field])
     return Task(sources=tuple(srcs), **d)
 
 
@@ -154,6 +171,8 @@ def check_task(task: Task) -> None:
         _need(os.path.exists(src.path), "sources",
               f"{src.name!r} path {src.path!r} does not exist")
     _need(any(s.weight > 0 for s in task.sources), "sources", "all weights are 0")
+    if task.packing:
+        packing.check_packing(task)
     prepared = {s.path: shards.is_prepared(s.path) for s in task.sources}
     _need(len(set(prepared.values())) == 1, "sources",
           "a task's sources must be all prepared folders or all raw media")
@@ -329,6 +348,7 @@ class _Loader:
         ex["motion_score"] = np.float32(self._motion(ex["motion_score"], motion_rng))
         ex["source"] = clip["source"]
         ex["path"] = clip["path"]
+        ex["bucket"] = clip["bucket"]
         return ex
 
     def _load_raw(self, clip: dict, start: int, f: int, keep_caption: bool) -> dict:
@@ -579,6 +599,7 @@ def make_dataset(
     )
     per_bucket = {}
     folders = {src.name: src.path for src in task.sources}
+    prepared = any(shards.is_prepared(s.path) for s in task.sources)
     for b, group in plan.groups.items():
         streams = {}
         for s, clips in sorted(group.items()):
@@ -595,12 +616,18 @@ def make_dataset(
         )
         per_bucket[b] = _DropSkippedIterDataset(
             mixed, task.max_consecutive_failures, f"{task.media} task, bucket {b}", folders
-        ).batch(task.batch_size, drop_remainder=True, batch_fn=_Collate(task, b))
-    ds = (
-        grain.IterDataset.mix(per_bucket, plan.bucket_weights)
-        if len(per_bucket) > 1
-        else next(iter(per_bucket.values()))
-    )
+        )
+        if not task.packing:
+            per_bucket[b] = per_bucket[b].batch(task.batch_size, drop_remainder=True,
+                                                batch_fn=_Collate(task, b))
+    if task.packing:  # one stream of clips from every bucket, patchified where they load
+        ds = packing.RandomMixIterDataset(per_bucket, plan.bucket_weights,
+                                          _seed(task.seed, "buckets"))
+        ds = ds.map(packing.Patchify(task))
+    elif len(per_bucket) > 1:
+        ds = grain.IterDataset.mix(per_bucket, plan.bucket_weights)
+    else:
+        ds = next(iter(per_bucket.values()))
     if task.num_workers > 0:
         from absl import flags  # pylint: disable=import-outside-toplevel
 
@@ -609,7 +636,11 @@ def make_dataset(
         ds = ds.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=task.num_workers, per_worker_buffer_size=2)
         )
-    if not any(shards.is_prepared(s.path) for s in task.sources):
+    if task.packing:
+        if not prepared:
+            ds = ds.map(packing.EncodeCaption(task))
+        ds = packing.PackIterDataset(ds, task)
+    elif not prepared:
         ds = ds.map(_EncodeCaptions(task))
     return _TallyIterDataset(ds, plan.skipped)
 

@@ -8,6 +8,7 @@ and transposed on export. Every parameter carries logical axis names for shardin
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -94,6 +95,15 @@ def masked_mean(feats: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(feats.astype(jnp.float32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
 
 
+def masked_mean_rows(feats: jax.Array, masks: jax.Array) -> jax.Array:
+    """`masked_mean` of `feats [B, L, D]` under each of `masks [B, S, L]` -> `[B, S, D]`
+    (fp32; e.g. each packed clip's pooled caption). One matmul, at full fp32 precision."""
+    m = masks.astype(jnp.float32)
+    total = jnp.einsum("bsl,bld->bsd", m, feats.astype(jnp.float32),
+                       precision=jax.lax.Precision.HIGHEST)
+    return total / jnp.maximum(jnp.sum(m, axis=-1, keepdims=True), 1.0)
+
+
 def timestep_embedding(t: jax.Array, dim: int = 256, max_period: float = 10000.0) -> jax.Array:
     """Sinusoidal embedding `[cos, sin]` (cos first) of a float vector `[B] -> [B, dim]`."""
     half = dim // 2
@@ -120,13 +130,24 @@ class TimestepEmbedder(nnx.Module):
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """Interleaved rotary embedding in fp32: pairs (x[2i], x[2i+1]) are rotated.
 
-    x `[B, N, H, D]`, cos/sin `[N, D/2]`.
+    x `[B, N, H, D]`, cos/sin `[N, D/2]` (one grid for the batch) or `[B, N, D/2]` (per
+    row: packed clips at their own grid positions).
     """
     x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
     x0, x1 = x32[..., 0], x32[..., 1]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    if cos.ndim == 2:
+        cos, sin = cos[None], sin[None]
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
     out = jnp.stack([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1)
     return out.reshape(x.shape).astype(x.dtype)
+
+
+class Segments(NamedTuple):
+    """Segment ids of packed rows (several clips per row; 0 = padding): `tokens [B, N]` and
+    `captions [B, Lc]` (the clip each caption token belongs to). A token attends only to
+    tokens and caption tokens of its own clip, and takes its clip's adaLN condition."""
+    tokens: jax.Array
+    captions: jax.Array
 
 
 class Attention(nnx.Module):
@@ -150,7 +171,7 @@ class Attention(nnx.Module):
         self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, hd
         self.impl = cfg.attention_impl
 
-    def __call__(self, x, rope_cos, rope_sin, y, y_mask):
+    def __call__(self, x, rope_cos, rope_sin, y, y_mask, segments: Segments | None = None):
         b, n, _ = x.shape
         q = self.q_norm(self.wq(x)).reshape(b, n, self.n_heads, self.head_dim)
         k = self.k_norm(self.wk(x)).reshape(b, n, self.kv_heads, self.head_dim)
@@ -162,12 +183,15 @@ class Attention(nnx.Module):
         # constraints keep XLA from gathering tokens at the reshapes above.
         q, k, v = (constrain(x, ("act_batch", "act_tokens", "act_heads", None))
                    for x in (q, k, v))
-        out = mesh_attention(q, k, v, impl=self.impl)
+        # Packed rows: self-attention within each clip, caption tokens of the clip only
+        # (y_mask is then None: padding caption tokens carry segment 0, no clip's id).
+        tok, cap = (None, None) if segments is None else segments
+        out = mesh_attention(q, k, v, q_segment_ids=tok, kv_segment_ids=tok, impl=self.impl)
 
         yk = self.ky_norm(self.wk_y(y)).reshape(b, -1, self.kv_heads, self.head_dim)
         yv = self.wv_y(y).reshape(b, -1, self.kv_heads, self.head_dim)
-        out_y = mesh_attention(q, yk, yv, kv_mask=y_mask, impl=self.impl,
-                               self_attention=False)
+        out_y = mesh_attention(q, yk, yv, kv_mask=y_mask, q_segment_ids=tok,
+                               kv_segment_ids=cap, impl=self.impl, self_attention=False)
         gate = jnp.tanh(self.gate[...].astype(jnp.float32)).astype(out.dtype)
         out = out + gate[None, None, :, None] * out_y
         return self.wo(out.reshape(b, n, self.n_heads * self.head_dim))
@@ -186,15 +210,32 @@ class FeedForward(nnx.Module):
         return self.w2(jax.nn.silu(self.w1(x)) * self.w3(x))
 
 
-def per_token(mod: jax.Array) -> jax.Array:
-    """adaLN output `[B, D]` (one condition per item) or `[B, N, D]` (one per token, e.g.
-    V2A's synchronisation features) -> broadcastable against tokens `[B, N, D]`."""
+def per_token(mod: jax.Array, segments: Segments | None = None) -> jax.Array:
+    """adaLN output `[B, D]` (one condition per item), `[B, N, D]` (one per token, e.g.
+    V2A's synchronisation features), or with `segments` `[B, S, D]` (one per packed clip;
+    computed per clip, then gathered per token: cheaper than the Linear on every token)
+    -> broadcastable against tokens `[B, N, D]`."""
+    if segments is not None:
+        index = jnp.maximum(segments.tokens - 1, 0)  # padding takes clip 1's (unused)
+        return jnp.take_along_axis(mod, index[:, :, None], axis=1)
     return mod[:, None, :] if mod.ndim == 2 else mod
+
+
+def modulation(dense: Dense, adaln_input: jax.Array, segments: Segments | None = None):
+    """`dense(SiLU(adaln_input))` broadcastable against tokens (see `per_token`); a packed
+    row's per-clip conditions `[B, S, A]` go through as one 2-D matmul (S is no token axis
+    to shard)."""
+    if segments is None:
+        return per_token(dense(jax.nn.silu(adaln_input)))
+    b, s, a = adaln_input.shape
+    mod = dense(jax.nn.silu(adaln_input.reshape(b * s, a))).reshape(b, s, -1)
+    return per_token(mod, segments)
 
 
 class TransformerBlock(nnx.Module):
     """Sandwich-norm block with tanh-gated adaLN (scale and gate, no shift); adaln_input
-    is `[B, adaln_dim]` or per token `[B, N, adaln_dim]`."""
+    is `[B, adaln_dim]`, per token `[B, N, adaln_dim]`, or per packed clip
+    `[B, S, adaln_dim]` with `segments`."""
 
     def __init__(self, cfg: ModelConfig, *, rngs):
         norm = dict(eps=cfg.norm_eps, cfg=cfg, rngs=rngs)
@@ -208,11 +249,12 @@ class TransformerBlock(nnx.Module):
         self.adaLN_modulation = Dense(cfg.adaln_dim, 4 * cfg.dim, ("adaln", "modulation"),
                                       init=zeros, cfg=cfg, rngs=rngs)
 
-    def __call__(self, x, adaln_input, rope_cos, rope_sin, y, y_mask):
-        mod = per_token(self.adaLN_modulation(jax.nn.silu(adaln_input)))
+    def __call__(self, x, adaln_input, rope_cos, rope_sin, y, y_mask,
+                 segments: Segments | None = None):
+        mod = modulation(self.adaLN_modulation, adaln_input, segments)
         scale_msa, gate_msa, scale_mlp, gate_mlp = jnp.split(mod, 4, axis=-1)
         h = self.attention(self.attention_norm1(x) * (1 + scale_msa), rope_cos, rope_sin,
-                           self.attention_y_norm(y), y_mask)
+                           self.attention_y_norm(y), y_mask, segments)
         x = x + jnp.tanh(gate_msa) * self.attention_norm2(h)
         h = self.feed_forward(self.ffn_norm1(x) * (1 + scale_mlp))
         return x + jnp.tanh(gate_mlp) * self.ffn_norm2(h)
@@ -227,6 +269,6 @@ class FinalLayer(nnx.Module):
                                       init=zeros, cfg=cfg, rngs=rngs)
         self.linear = Dense(cfg.dim, patch_dim, ("embed", "patch"), init=zeros, cfg=cfg, rngs=rngs)
 
-    def __call__(self, x, adaln_input):
-        scale = per_token(self.adaLN_modulation(jax.nn.silu(adaln_input)))
+    def __call__(self, x, adaln_input, segments: Segments | None = None):
+        scale = modulation(self.adaLN_modulation, adaln_input, segments)
         return self.linear(self.norm_final(x) * (1 + scale))

@@ -14,7 +14,7 @@ from flax import nnx
 from lumina_jax.diffusion.loss import VIDEO_INPUTS
 from lumina_jax.model import layers as L
 from lumina_jax.model.config import ModelConfig
-from lumina_jax.model.rope import grid_tables
+from lumina_jax.model.rope import grid_tables, position_tables
 from lumina_jax.parallel.rules import constrain
 
 TOKENS_AXES = ("act_batch", "act_tokens", None)
@@ -50,13 +50,14 @@ def unpatchify(tokens: jax.Array, grid: tuple[int, int, int], p: int, pf: int, c
     return x.reshape(b, c, ft * pf, ht * p, wt * p)
 
 
-def run_blocks(layers, cfg: ModelConfig, tokens, adaln_input, rope_cos, rope_sin, y, y_mask):
+def run_blocks(layers, cfg: ModelConfig, tokens, adaln_input, rope_cos, rope_sin, y, y_mask,
+               segments: L.Segments | None = None):
     """The stacked TransformerBlocks as one `lax.scan` (one compiled block, optional remat)."""
     graphdef, stacked = nnx.split(layers)
 
     def body(h, layer_state):
         block = nnx.merge(graphdef, layer_state)
-        h = block(h, adaln_input, rope_cos, rope_sin, y, y_mask)
+        h = block(h, adaln_input, rope_cos, rope_sin, y, y_mask, segments)
         return constrain(h, TOKENS_AXES), None
 
     if cfg.remat != "none":
@@ -114,27 +115,72 @@ class NextDiT(nnx.Module):
         if frames == 1 and pf > 1:  # an image fed to a temporal patch: repeat it pF times
             x = jnp.repeat(x, pf, axis=2)
         grid = (x.shape[2] // pf, h // p, w // p)
-
-        tokens = constrain(self.all_x_embedder[key](patchify(x, p, pf)), TOKENS_AXES)
         adaln_input = self.condition(t, cap_feats, cap_mask, motion_score)
-        rope_cos, rope_sin = grid_tables(cfg, grid)
-        y = cap_feats.astype(cfg.jnp_dtype("dtype"))
-        tokens = run_blocks(self.layers, cfg, tokens, adaln_input, rope_cos, rope_sin, y,
-                            cap_mask)
-        out = self.all_final_layer[key](tokens, adaln_input)
+        out = self._transformer(patchify(x, p, pf), key, adaln_input, grid_tables(cfg, grid),
+                                cap_feats, cap_mask)
         out = unpatchify(out, grid, p, pf, c)
         return out[:, :, :frames].astype(x.dtype)
 
+    def packed(self, tokens, positions, segment_ids, t, cap_feats, cap_segment_ids,
+               motion_score, *, patch_size=(2, 1)):
+        """Velocity of packed rows: several clips per row, each its own segment.
+
+        tokens `[B, N, pF*p*p*C]` (patchified noisy latents, as `patchify` lays them out);
+        positions `[B, N, 3]` int (each token's (frame, row, col) in its clip's grid);
+        segment_ids `[B, N]` int (1..S = clip of the row, 0 = padding); t and motion_score
+        `[B, S]` (per clip); cap_feats `[B, Lc, cap_feat_dim]` with cap_segment_ids
+        `[B, Lc]` (the clip of each caption token, 0 = padding). Returns tokens' shape.
+        Each clip gets what `__call__` gives it alone: the same transformer, with attention
+        masked to the clip, its own RoPE grid and its own conditioning.
+        """
+        cfg = self.cfg
+        p, pf = check_patch_size(cfg, patch_size)
+        b, n, d = tokens.shape
+        if d != pf * p * p * cfg.in_channels:
+            raise ValueError(f"packed tokens must be [B, N, pF*p*p*C={pf * p * p * cfg.in_channels}]"
+                             f" at patch size {(p, pf)}; got {tokens.shape}")
+        s = t.shape[-1]
+        if (positions.shape != (b, n, 3) or segment_ids.shape != (b, n) or t.shape != (b, s)
+                or motion_score.shape != (b, s)):
+            raise ValueError(f"packed tokens {tokens.shape} need positions [B, N, 3], "
+                             f"segment_ids [B, N], t and motion_score [B, S]; got "
+                             f"{positions.shape}, {segment_ids.shape}, {t.shape}, "
+                             f"{motion_score.shape}")
+        check_captions(cfg, b, cap_feats, cap_segment_ids)
+        # [B, S, Lc]: which caption tokens belong to each clip (the per-clip pooling mask)
+        own = cap_segment_ids[:, None, :] == jnp.arange(1, s + 1)[None, :, None]
+        adaln_input = self._condition(t, L.masked_mean_rows(cap_feats, own), motion_score)
+        segments = L.Segments(segment_ids, cap_segment_ids)
+        out = self._transformer(tokens, cfg.patch_key((p, pf)), adaln_input,
+                                position_tables(cfg, positions), cap_feats, None, segments)
+        return out.astype(tokens.dtype)
+
+    def _transformer(self, tokens, key, adaln_input, rope, cap_feats, cap_mask, segments=None):
+        """Patch tokens -> embedder -> blocks -> final layer (patch features per token)."""
+        cfg = self.cfg
+        tokens = constrain(self.all_x_embedder[key](tokens), TOKENS_AXES)
+        y = cap_feats.astype(cfg.jnp_dtype("dtype"))
+        tokens = run_blocks(self.layers, cfg, tokens, adaln_input, *rope, y, cap_mask, segments)
+        return self.all_final_layer[key](tokens, adaln_input, segments)
+
     def condition(self, t, cap_feats, cap_mask, motion_score):
         """adaLN input = t embedding + pooled caption embedding + motion embedding."""
+        return self._condition(t, L.masked_mean(cap_feats, cap_mask), motion_score)
+
+    def _condition(self, t, pooled_caption, motion_score):
+        """t, motion_score `[...]`, pooled_caption `[..., cap_feat_dim]` -> `[..., adaln]`
+        (one condition per item, or per packed clip)."""
         cfg = self.cfg
+        lead = t.shape
+        t, motion_score = t.reshape(-1), motion_score.reshape(-1)
         t_emb = self.t_embedder(t * cfg.t_scale)
-        cap_emb = self.cap_embedder_linear(self.cap_embedder_norm(L.masked_mean(cap_feats,
-                                                                                cap_mask)))
+        cap_emb = self.cap_embedder_linear(self.cap_embedder_norm(
+            pooled_caption.reshape(-1, pooled_caption.shape[-1])))
         dropped = motion_score < 0
         motion = jnp.where(dropped, 0.0, motion_score) * cfg.motion_scale
         motion_emb = jnp.where(dropped[:, None], 0.0, self.motion_embedder(motion))
-        return (t_emb + cap_emb + motion_emb).astype(cfg.jnp_dtype("dtype"))
+        out = (t_emb + cap_emb + motion_emb).astype(cfg.jnp_dtype("dtype"))
+        return out.reshape(*lead, -1)
 
     def _check_inputs(self, x, t, cap_feats, cap_mask, motion_score, patch_size):
         cfg = self.cfg

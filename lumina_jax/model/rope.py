@@ -48,3 +48,17 @@ def grid_tables(cfg: ModelConfig, grid: tuple[int, int, int]) -> tuple[jnp.ndarr
     cos = jnp.concatenate(cos_parts, axis=-1).reshape(n_tokens, -1)
     sin = jnp.concatenate(sin_parts, axis=-1).reshape(n_tokens, -1)
     return cos, sin
+
+
+def position_tables(cfg: ModelConfig, positions: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """cos/sin `[B, N, head_dim/2]` for per-token grid indices `positions [B, N, 3]`
+    (frame, row, col) -- packed rows, where each clip keeps its own grid. The same values
+    as `grid_tables` for the same indices. Indices past `axes_lens` are clipped (traced
+    values cannot raise; the config check compares the task's largest grid with it)."""
+    cos_parts, sin_parts = [], []
+    for axis, (part_dim, n) in enumerate(zip(cfg.rope_dims, cfg.axes_lens)):
+        cos, sin = axis_tables(part_dim, n, float(cfg.rope_theta))
+        index = positions[..., axis]
+        cos_parts.append(jnp.take(jnp.asarray(cos), index, axis=0, mode="clip"))
+        sin_parts.append(jnp.take(jnp.asarray(sin), index, axis=0, mode="clip"))
+    return jnp.concatenate(cos_parts, axis=-1), jnp.concatenate(sin_parts, axis=-1)

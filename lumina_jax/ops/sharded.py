@@ -50,16 +50,21 @@ def _kv_repeat(kv_heads: int, q_heads: int, shards: int) -> int | None:
     return r if (q_heads // kv_heads) % r == 0 else None
 
 
-def mesh_attention(q, k, v, *, kv_mask=None, impl: str = "auto", self_attention: bool = True):
+def mesh_attention(q, k, v, *, kv_mask=None, q_segment_ids=None, kv_segment_ids=None,
+                   impl: str = "auto", self_attention: bool = True):
     """`ops.attention.attention` on the active mesh (plain call when there is none).
 
-    q `[B, Nq, Hq, D]`; k, v `[B, Nk, Hkv, D]`; `kv_mask [B, Nk]` optional.
-    `self_attention`: q and k/v are the same tokens (split alike over the sequence axis);
-    False for cross-attention over short, unsplit keys (captions).
+    q `[B, Nq, Hq, D]`; k, v `[B, Nk, Hkv, D]`; `kv_mask [B, Nk]` optional;
+    `q_segment_ids [B, Nq]` / `kv_segment_ids [B, Nk]` optional (packed rows), split like
+    the tokens they label. `self_attention`: q and k/v are the same tokens (split alike
+    over the sequence axis); False for cross-attention over short, unsplit keys (captions).
     """
+    masks = {"kv_mask": kv_mask, "q_segment_ids": q_segment_ids,
+             "kv_segment_ids": kv_segment_ids}
+    masks = {name: m for name, m in masks.items() if m is not None}
     ctx = current_sharding()
     if ctx is None or ctx[0].size == 1:
-        return attention(q, k, v, kv_mask=kv_mask, impl=impl)
+        return attention(q, k, v, **masks, impl=impl)
     mesh, rules = ctx
     b, nq, hq, _ = q.shape
     hkv = k.shape[2]
@@ -92,25 +97,27 @@ def mesh_attention(q, k, v, *, kv_mask=None, impl: str = "auto", self_attention:
     bspec, hspec, sspec = _spec_entry(batch), _spec_entry(tensor), _spec_entry(seq)
     q_spec = P(bspec, sspec, hspec, None)
     kv_spec = P(bspec, sspec if self_attention else None, hspec, None)
-    mask_spec = P(bspec, None)
+    mask_specs = {"kv_mask": P(bspec, None), "q_segment_ids": P(bspec, sspec),
+                  "kv_segment_ids": P(bspec, sspec if self_attention else None)}
+    gather = lambda x: jax.lax.all_gather(x, seq, axis=1, tiled=True)
 
-    def local(q, k, v, kv_mask):
+    def local(q, k, v, masks):
         if ulysses:
             if local_kv_repeat > 1:
                 k, v = (jnp.repeat(x, local_kv_repeat, axis=2) for x in (k, v))
-            # tokens split -> heads split: every device sees all tokens of its heads
+            # tokens split -> heads split: every device sees all tokens of its heads (and
+            # so needs every token's segment id: a gather of [B, N] ints)
             to_heads = lambda x: jax.lax.all_to_all(x, seq, 2, 1, tiled=True)
-            out = attention(to_heads(q), to_heads(k), to_heads(v), kv_mask=kv_mask, impl=impl)
+            masks = {n: gather(m) if n.endswith("segment_ids") else m for n, m in masks.items()}
+            out = attention(to_heads(q), to_heads(k), to_heads(v), **masks, impl=impl)
             return jax.lax.all_to_all(out, seq, 1, 2, tiled=True)
         if seq and self_attention:  # no Ulysses: every device gathers the keys it needs
-            k, v = (jax.lax.all_gather(x, seq, axis=1, tiled=True) for x in (k, v))
-        return attention(q, k, v, kv_mask=kv_mask, impl=impl)
+            k, v = gather(k), gather(v)
+            masks = {n: gather(m) if n == "kv_segment_ids" else m for n, m in masks.items()}
+        return attention(q, k, v, **masks, impl=impl)
 
-    if kv_mask is None:
-        fn = lambda q, k, v: local(q, k, v, None)
-        args, in_specs = (q, k, v), (q_spec, kv_spec, kv_spec)
-    else:
-        fn, args, in_specs = local, (q, k, v, kv_mask), (q_spec, kv_spec, kv_spec, mask_spec)
     # check_vma=False: Pallas and cuDNN calls carry no replication annotations.
-    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=q_spec,
-                         check_vma=False)(*args)
+    return jax.shard_map(local, mesh=mesh,
+                         in_specs=(q_spec, kv_spec, kv_spec,
+                                   {n: mask_specs[n] for n in masks}),
+                         out_specs=q_spec, check_vma=False)(q, k, v, masks)

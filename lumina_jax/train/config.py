@@ -187,6 +187,12 @@ def _data_task(data: dict, spec: TaskSpec, model: ModelConfig, c: dict, stage_in
         # Windows of frames are truncated to a multiple of the task's temporal patch.
         data.setdefault("temporal_multiple", spec.patch_size[1] if spec.media == "video" else 1)
     data.setdefault("seed", int(c.get("seed", 0)) + 1000 * stage_index)
+    if data.get("packing"):  # packed clips are patchified by the pipeline, at the task's size
+        data.setdefault("patch_size", spec.patch_size)
+        if tuple(data["patch_size"]) != tuple(spec.patch_size):
+            raise ConfigError(f"config.{where}.data.patch_size={tuple(data['patch_size'])} "
+                              f"differs from the task's patch_size={spec.patch_size}; leave "
+                              f"it out (packing uses the task's)")
     try:
         task = task_from_dict(data)
         if check_data:
@@ -195,9 +201,23 @@ def _data_task(data: dict, spec: TaskSpec, model: ModelConfig, c: dict, stage_in
         # Messages from data_pipelines start with the field name ("batch_size: ...").
         sep = "." if re.match(r"^[a-z_]+[:\[ ]", str(e)) else ": "
         raise ConfigError(f"config.{where}.data{sep}{e}") from None
+    if getattr(task, "packing", False):
+        _check_packed_grid(task, model, where)
     if check_data:
         _check_prepared_dims(task, model, where)
     return task
+
+
+def _check_packed_grid(task, model: ModelConfig, where: str) -> None:
+    """Packed RoPE tables are gathered from traced positions, which cannot raise: the
+    largest clip the task can make must fit model.axes_lens here instead."""
+    from data_pipelines.packing import largest_grid
+
+    grid = largest_grid(task)
+    if any(n > limit for n, limit in zip(grid, model.axes_lens)):
+        raise ConfigError(f"config.{where}.data: the largest clip's token grid {grid} (frames, "
+                          f"rows, cols) exceeds config.model.axes_lens={model.axes_lens}; raise "
+                          f"axes_lens or lower resolution / max_frames")
 
 
 def _check_prepared_dims(task, model: ModelConfig, where: str) -> None:

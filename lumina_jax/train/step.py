@@ -7,6 +7,9 @@ videos), so the step is two kinds of executables, each compiled lazily and kept:
     stage with T tasks of S_t shapes compiles sum_t S_t gradients, not prod_t S_t steps;
   * once per stage: the update (global-norm clip, AdamW, EMA) from the summed gradient.
 
+A task with packed data (`data.packing`: several clips of any shape per row of a fixed
+token budget) has one batch shape, so it compiles one gradient per stage.
+
 Explicit in/out shardings everywhere, the state and the accumulator donated, activation
 sharding rules active while tracing. A non-finite loss or gradient skips the update
 (counted in `skipped_steps`). Every compile is recorded in `compiles` (task, shapes,
@@ -27,7 +30,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lumina_jax.diffusion.loss import LossConfig, TaskSpec, task_loss
+from lumina_jax.diffusion.loss import PACKED_INPUTS, LossConfig, TaskSpec, task_loss
 from lumina_jax.model import ModelConfig, NextDiT, model_class, token_count
 from lumina_jax.model.flops import train_step_flops
 from lumina_jax.parallel.rules import Rules, activation_sharding, logical_to_spec
@@ -65,7 +68,10 @@ def host_rows(mesh: Mesh, rules: Rules, global_batch_size: int) -> slice:
 
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules,
                  keys: tuple[str, ...] = ("latents", *NextDiT.inputs)) -> dict:
-    """This host's slice of the global batch (its `keys`) -> global jax.Arrays on the mesh."""
+    """This host's slice of the global batch (its `keys`) -> global jax.Arrays on the mesh.
+    A packed batch (`data.packing`: it has `segment_ids`) ships its own fields instead."""
+    if "segment_ids" in local:
+        keys = ("latents", *PACKED_INPUTS)
     out = {}
     for key in keys:
         arr = np.asarray(local[key])
@@ -265,11 +271,17 @@ class TrainStep:
         lines.append(f"model FLOPs per step: {self.model_flops(batches):.4g}")
         return "\n".join(lines)
 
-    def tokens(self, batches) -> int:
+    def tokens(self, batches, padding: Mapping[str, float] | None = None) -> float:
+        """Tokens of the step's batches. Packed rows count their padding too unless
+        `padding` gives each packed task's padding fraction (the host batch's `padding`
+        field; also the task's `padding` aux metric): then real tokens only."""
+        padding = padding or {}
         return sum(b["latents"].shape[0] * self._tokens_per_item(name, b)
-                   for name, b in batches.items())
+                   * (1.0 - padding.get(name, 0.0)) for name, b in batches.items())
 
     def _tokens_per_item(self, name: str, batch) -> int:
+        if "segment_ids" in batch:  # packed: [B, N, patch features]
+            return batch["latents"].shape[1]
         return token_count(*batch["latents"].shape[2:], self.tasks[name].patch_size)
 
     def model_flops(self, batches) -> float:
@@ -277,6 +289,8 @@ class TrainStep:
         for name, batch in batches.items():
             p, pf = self.tasks[name].patch_size
             b, c = batch["latents"].shape[:2]
+            if "segment_ids" in batch:  # packed rows: attention computed over the whole row
+                c = batch["latents"].shape[2] // (pf * p * p)
             # cross-attention context: caption tokens (+ V2A's visual frame tokens)
             context = batch["cap_feats"].shape[1] + (batch["frames"].shape[1]
                                                      if "frames" in batch else 0)
