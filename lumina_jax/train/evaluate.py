@@ -77,7 +77,10 @@ class Evaluator:
         (a prepared folder; "{data_dir}" substituted) if given."""
         from data_pipelines import make_iterator
 
+        # unpacked: the fixed-t loss and FVD take whole clips
         changes = {"seed": EVAL_SEED, "caption_keep_prob": 1.0}
+        if getattr(data, "packing", False):
+            changes["packing"] = False
         if data.media == "audio":
             changes["visual_keep_prob"] = 1.0
         else:

@@ -107,6 +107,8 @@ class Window:
         for name in sorted({k for m in metrics for k in m["tasks"]}):
             task = [m["tasks"][name] for m in metrics if name in m["tasks"]]
             out[f"loss/{name}"] = float(np.mean([t["loss"] for t in task]))
+            if "padding" in task[0]:  # packed rows (data_pipelines/packing.py)
+                out[f"padding/{name}"] = float(np.mean([t["padding"] for t in task]))
             sums = np.sum([t["loss_by_t_sum"] for t in task], axis=0)
             counts = np.sum([t["loss_by_t_count"] for t in task], axis=0)
             for b, (s, c) in enumerate(zip(sums, counts)):
@@ -226,110 +228,112 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
 
     def stop_now(why: str) -> dict:
         save(force=True)
-        ckpt.close()
-        writer.close()
         if lead:
             bar.write(f"{why}: saved step {step}; exiting")
         return last
 
-    while step < exp.total_steps:
-        stage_index, start = exp.stage_at(step)
-        stage = exp.stages[stage_index]
-        if streams_stage != stage_index:
-            streams, streams_stage = make_streams(exp, stage_index), stage_index
-        tasks = {t.name: t.spec for t in stage.tasks}
-        train_step = TrainStep(exp.model, exp.optim, exp.loss, tasks, mesh, rules, shardings,
-                               stage_lrs)
-        if lead:
-            bar.write(f"stage {stage_index + 1}/{len(exp.stages)} '{stage.name}': steps "
-                      f"{start}..{start + stage.steps}, tasks {sorted(tasks)}; compiling "
-                      f"each new batch shape as it arrives")
-        window = Window()
-        while step < start + stage.steps:
-            t0 = time.perf_counter()
-            # where the data stood after the last step (only a single process interrupts
-            # a data wait, see guard.StopRequests)
-            position = streams.get_state() if jax.process_count() == 1 else None
-            stop.waiting_for_data = True
-            try:
-                local = {name: next(it) for name, it in streams.iterators.items()}
-            except guard.Interrupted:
-                streams.pin(position)
-                return stop_now(stop.name)
-            finally:
-                stop.waiting_for_data = False
-            data_wait = time.perf_counter() - t0
-            batches = {name: global_batch(b, mesh, rules, keys) for name, b in local.items()}
-            seen = len(train_step.compiles)
-            new = train_step.uncompiled(batches)
-            if new and lead:
-                log(f"compiling stage {stage_index + 1}: {len(new)} new executable"
-                    f"{'s' * (len(new) > 1)} ({', '.join(new)}) ...")
-            train_step.compile(state, batches, key)
-            for c in train_step.compiles[seen:]:
-                window.compile_s += c.seconds
-                if lead:
-                    bar.write(f"compiled {c.what} {list(c.latents) if c.latents else ''} in "
-                              f"{c.seconds:.1f}s")
-            if seen == 0 and lead:
-                bar.write(train_step.report(batches))
-            if step in profile[:1]:
-                jax.profiler.start_trace(os.path.join(workdir, "profile"))
-            state, metrics = train_step(state, batches, key)
-            step += 1
-            if step in profile[1:2]:
-                jax.block_until_ready(state)
-                jax.profiler.stop_trace()
-            window.metrics.append(metrics)
-            window.data_wait += data_wait
-            window.flops += train_step.model_flops(batches)
-            window.tokens += train_step.tokens(batches)
-            bar.update(1)
-            stage_done = step == start + stage.steps
-            if step % config.log_every == 0 or stage_done:
-                nonfinite_run = _check_finite(window, nonfinite_run, config.max_nonfinite_steps,
-                                              step, ckpt)
-                last = window.summary(peak)
-                last["skipped_clips"] = int(sum(b.get("num_skipped", 0) for b in local.values()))
-                last["skipped_steps"] = int(state["skipped_steps"])
-                last["stage"] = stage_index
-                last.update({f"shape/{n}": "x".join(map(str, b["latents"].shape))
-                             for n, b in local.items()})  # this step's buckets
-                if stage_done:
-                    last["compiles"] = len(train_step.compiles)
-                    last["compile_s"] = round(sum(c.seconds for c in train_step.compiles), 3)
+    try:
+        while step < exp.total_steps:
+            stage_index, start = exp.stage_at(step)
+            stage = exp.stages[stage_index]
+            if streams_stage != stage_index:
+                streams, streams_stage = make_streams(exp, stage_index), stage_index
+            tasks = {t.name: t.spec for t in stage.tasks}
+            train_step = TrainStep(exp.model, exp.optim, exp.loss, tasks, mesh, rules, shardings,
+                                   stage_lrs)
+            if lead:
+                bar.write(f"stage {stage_index + 1}/{len(exp.stages)} '{stage.name}': steps "
+                          f"{start}..{start + stage.steps}, tasks {sorted(tasks)}; compiling "
+                          f"each new batch shape as it arrives")
+            window = Window()
+            while step < start + stage.steps:
+                t0 = time.perf_counter()
+                # where the data stood after the last step (only a single process interrupts
+                # a data wait, see guard.StopRequests)
+                position = streams.get_state() if jax.process_count() == 1 else None
+                stop.waiting_for_data = True
+                try:
+                    local = {name: next(it) for name, it in streams.iterators.items()}
+                except guard.Interrupted:
+                    streams.pin(position)
+                    return stop_now(stop.name)
+                finally:
+                    stop.waiting_for_data = False
+                data_wait = time.perf_counter() - t0
+                batches = {name: global_batch(b, mesh, rules, keys) for name, b in local.items()}
+                seen = len(train_step.compiles)
+                new = train_step.uncompiled(batches)
+                if new and lead:
+                    log(f"compiling stage {stage_index + 1}: {len(new)} new executable"
+                        f"{'s' * (len(new) > 1)} ({', '.join(new)}) ...")
+                train_step.compile(state, batches, key)
+                for c in train_step.compiles[seen:]:
+                    window.compile_s += c.seconds
                     if lead:
-                        bar.write(f"stage {stage_index + 1} '{stage.name}': "
-                                  f"{last['compiles']} executables "
-                                  f"({last['compiles'] - 1} task shapes + the update) compiled "
-                                  f"or loaded from the cache in {last['compile_s']:.1f}s")
-                writer.scalars(step, last)
-                # the mean over the stage's tasks (comparable across stages)
-                bar.set_postfix(task_loss=f"{last['loss']:.4f}", refresh=False)
-                window = Window()
-            save()
-            if spec and config.sample.every and step % config.sample.every == 0:
-                _write_samples(exp, state, spec, workdir, step, writer)
-            if evaluator and config.eval.every > 0 and step % config.eval.every == 0:
-                _evaluate(evaluator, state, stage, step, writer, log)
-            if stop.agreed():
-                return stop_now(stop.name or "stop requested by another process")
-    save(force=True)
-    ckpt.close()
-    if evaluator and not (config.eval.every > 0 and step % config.eval.every == 0):  # the end
-        _evaluate(evaluator, state, exp.stages[exp.stage_at(step - 1)[0]], step, writer, log)
-    bar.close()
-    if spec:
-        _write_samples(exp, state, spec, workdir, step, writer)
-    writer.close()
-    if lead:
-        from lumina_jax.sweep import plot_losses
+                        bar.write(f"compiled {c.what} {list(c.latents) if c.latents else ''} in "
+                                  f"{c.seconds:.1f}s")
+                if seen == 0 and lead:
+                    bar.write(train_step.report(batches))
+                if step in profile[:1]:
+                    jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                state, metrics = train_step(state, batches, key)
+                step += 1
+                if step in profile[1:2]:
+                    jax.block_until_ready(state)
+                    jax.profiler.stop_trace()
+                window.metrics.append(metrics)
+                window.data_wait += data_wait
+                window.flops += train_step.model_flops(batches)
+                window.tokens += train_step.tokens(  # real tokens: packing's padding excluded
+                    batches, {n: b["padding"] for n, b in local.items() if "padding" in b})
+                bar.update(1)
+                stage_done = step == start + stage.steps
+                if itstime(step, config.log_every, start + stage.steps):
+                    nonfinite_run = _check_finite(window, nonfinite_run, config.max_nonfinite_steps,
+                                                  step, ckpt)
+                    last = window.summary(peak)
+                    last["skipped_clips"] = int(sum(b.get("num_skipped", 0) for b in local.values()))
+                    last["skipped_steps"] = int(state["skipped_steps"])
+                    last["stage"] = stage_index
+                    last.update({f"shape/{n}": "x".join(map(str, b["latents"].shape))
+                                 for n, b in local.items()})  # this step's buckets
+                    if stage_done:
+                        last["compiles"] = len(train_step.compiles)
+                        last["compile_s"] = round(sum(c.seconds for c in train_step.compiles), 3)
+                        if lead:
+                            bar.write(f"stage {stage_index + 1} '{stage.name}': "
+                                      f"{last['compiles']} executables "
+                                      f"({last['compiles'] - 1} task shapes + the update) compiled "
+                                      f"or loaded from the cache in {last['compile_s']:.1f}s")
+                    writer.scalars(step, last)
+                    # the mean over the stage's tasks (comparable across stages)
+                    bar.set_postfix(task_loss=f"{last['loss']:.4f}", refresh=False)
+                    window = Window()
+                save(force=step == exp.total_steps)  # the last step before its samples
+                if spec and itstime(step, config.sample.every, exp.total_steps):
+                    _write_samples(exp, state, spec, workdir, step, writer)
+                if evaluator and itstime(step, config.eval.every, exp.total_steps):
+                    _evaluate(evaluator, state, stage, step, writer, log)
+                if stop.agreed():
+                    return stop_now(stop.name or "stop requested by another process")
+        if lead:
+            from lumina_jax.sweep import plot_losses
 
-        plot = os.path.join(workdir, "metrics.png")
-        plot_losses(os.path.dirname(os.path.abspath(workdir)),
-                    [os.path.basename(os.path.abspath(workdir))], plot)
-        print(f"loss and validation curves: {plot}", flush=True)
+            plot = os.path.join(workdir, "metrics.png")
+            plot_losses(os.path.dirname(os.path.abspath(workdir)),
+                        [os.path.basename(os.path.abspath(workdir))], plot)
+            print(f"loss and validation curves: {plot}", flush=True)
+    finally:  # the one exit path (end, stop, error): async saves finish, files close
+        ckpt.close()
+        writer.close()
+        bar.close()
     return last
+
+
+def itstime(step: int, every: int, last_step: int) -> bool:
+    """Whether a cadence fires after `step`: every `every` steps (<= 0: never) and at
+    `last_step` (the end of the stage or run), so nothing is done twice at the end."""
+    return (every > 0 and step % every == 0) or step == last_step
 
 
 def run_header(exp: Experiment, workdir: str, mesh, step: int, spec) -> str:
