@@ -30,7 +30,7 @@ prepares it, trains and writes decoded mp4 samples to `<workdir>/samples`.
 
 import ml_collections
 
-from lumina_jax.train.loop import default_config
+from lumina_jax.train.config import default_config
 
 SYSTEM_PROMPT = ("You are an assistant designed to generate high-quality videos with the "
                  "highest degree of image-text alignment based on user prompts. <Prompt Start> ")

@@ -17,7 +17,7 @@ video with the generated sound (Griffin-Lim vocoder) and a PNG of its mel spectr
 
 import ml_collections
 
-from lumina_jax.train.loop import default_config
+from lumina_jax.train.config import default_config
 
 
 def task(batch_size: int) -> dict:

@@ -7,7 +7,7 @@ several shapes. `--config.data_dir` points at the prepared folder.
 
 import ml_collections
 
-from lumina_jax.train.loop import default_config
+from lumina_jax.train.config import default_config
 
 
 def task(media: str, patch_size, shift: float) -> dict:

@@ -1,7 +1,16 @@
 """Multi-scale Next-DiT (and Lumina-V2A) in Flax NNX."""
 
 from lumina_jax.model.config import PRESETS, ModelConfig, get_preset
-from lumina_jax.model.nextdit import NextDiT, patchify, token_count, unpatchify
+
+_NEXTDIT = ("NextDiT", "patchify", "token_count", "unpatchify")
+
+
+def __getattr__(name):  # the model (and JAX) load on first use, so configs load without JAX
+    if name in _NEXTDIT:
+        from lumina_jax.model import nextdit
+
+        return getattr(nextdit, name)
+    raise AttributeError(f"module 'lumina_jax.model' has no attribute {name!r}")
 
 
 def model_class(cfg: ModelConfig):
@@ -10,6 +19,8 @@ def model_class(cfg: ModelConfig):
         from lumina_jax.model.v2a import V2ADiT
 
         return V2ADiT
+    from lumina_jax.model.nextdit import NextDiT
+
     return NextDiT
 
 

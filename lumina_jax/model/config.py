@@ -6,13 +6,12 @@ import dataclasses
 import math
 from typing import Any
 
-import jax.numpy as jnp
 
 # (p, pF) pairs, spatial first: 1x2, 2x2 and 2x4 in the paper's "pF x p" notation.
 DEFAULT_PATCH_SIZES = ((2, 1), (2, 2), (4, 2))
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 MODEL_KINDS = ("video", "v2a")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # names; jnp_dtype gives the type (JAX loads late)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +82,9 @@ class ModelConfig:
         return f"{p}-{pf}"
 
     def jnp_dtype(self, name: str) -> Any:
-        return DTYPES[getattr(self, name)]
+        import jax.numpy as jnp  # here, so that configs load without JAX
+
+        return jnp.dtype(getattr(self, name))
 
     def validate(self) -> None:
         def bad(field, msg):

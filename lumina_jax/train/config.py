@@ -1,9 +1,13 @@
 """Experiment configs: ml_collections Python files, command-line overrides, validation.
 
+`default_config()` holds the fields every experiment has; `configs/*.py` start from it.
 `load_config("configs/x.py:arg", ["--config.optim.lr=2e-4", ...])` imports the file,
 calls `get_config(arg)`, applies each override (type-checked against the existing value;
 an unknown key is an error) and returns a locked ConfigDict. `build(config)` turns it
 into the typed objects the trainer uses, so every mistake surfaces before any compute.
+
+Loading a config imports no JAX (only ml_collections and this module): the model, loss
+and mesh modules load inside `build`.
 """
 
 from __future__ import annotations
@@ -16,16 +20,93 @@ import json
 import pathlib
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 
-from lumina_jax.diffusion.loss import LossConfig, TaskSpec
-from lumina_jax.model import ModelConfig, get_preset
 from lumina_jax.errors import UserError
-from lumina_jax.parallel import RULE_PRESETS
-from lumina_jax.parallel.mesh import MESH_AXES
-from lumina_jax.train.state import OptimConfig
+from lumina_jax.model.config import ModelConfig, get_preset
+
+if TYPE_CHECKING:
+    from lumina_jax.diffusion.loss import LossConfig, TaskSpec
+
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The recipe's AdamW (REFERENCE §3) with optional warmup and cosine decay."""
+    lr: float = 1e-4
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    decay_steps: int = 0          # cosine: steps from the end of warmup to `min_lr_ratio*lr`
+    min_lr_ratio: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-15
+    weight_decay: float = 0.0
+    clip_norm: float = 2.0
+    ema_decay: float = 0.99
+    ema_every: int = 10
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"OptimConfig.schedule={self.schedule!r}; choose one of {SCHEDULES}")
+        if self.schedule == "cosine" and self.decay_steps <= 0:
+            raise ValueError("OptimConfig.decay_steps must be > 0 for the cosine schedule")
+        if self.ema_every < 1 or not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError("OptimConfig: ema_every must be >= 1 and ema_decay in [0, 1]")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Fields every experiment config has; `configs/*.py` start from this."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data_dir = ""  # substituted for "{data_dir}" in data source paths; may hold "{workdir}"
+    # "module:function" called with the config before training when data is missing
+    # (e.g. data_pipelines.miniature:prepare_for_config makes the runlocal data set).
+    c.prepare_data = ""
+    # A preset plus per-field overrides; None keeps the preset's value.
+    c.model = ml_collections.ConfigDict(
+        {"preset": "demo", **{f.name: None for f in dataclasses.fields(ModelConfig)}})
+    c.optim = ml_collections.ConfigDict(dataclasses.asdict(OptimConfig()))
+    c.loss = ml_collections.ConfigDict({"vd_weight": 1.0, "time_sampling": "uniform",
+                                        "logit_mean": 0.0, "logit_std": 1.0, "n_t_bins": 10})
+    c.stages = []
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "sequence": 1})
+    c.dcn = ml_collections.ConfigDict()
+    c.rules = "fsdp"
+    c.checkpoint = ml_collections.ConfigDict({"every": 100, "keep": 3, "async_save": True})
+    c.log_every = 10
+    # Stop with an error after this many consecutive non-finite steps (0 = never; their
+    # updates are skipped either way and counted in skipped_steps).
+    c.max_nonfinite_steps = 0
+    c.peak_flops_per_device = 0.0
+    c.profile_steps = ""
+    # JAX's persistent compilation cache ("" = off): a restart loads its executables.
+    c.compilation_cache_dir = "{workdir}/compilation_cache"
+    # CPU only: split the host into this many devices (0 = as JAX starts; for meshes
+    # tried on one machine, like configs/lumina_video_2b.py:runlocal).
+    c.cpu_devices = 0
+    # Appended to $XLA_FLAGS before JAX starts (e.g. cheaper CPU codegen for tiny runs).
+    c.xla_flags = ""
+    # In-loop validation (train/evaluate.py): flow loss of fixed batches at these t with
+    # fixed noise, every `every` steps and at the end (0: at the end only; -1: never);
+    # `sources` maps a task name to a held-out prepared folder (else the task's own data,
+    # drawn with a fixed seed). From samples (the sampler settings of config.sample):
+    # `judge` "demo" scores the demo's prompts from pixels, `judge_motion` lists motion
+    # scores for its motion-control check; `fvd_clips` > 0 computes FVD against that many
+    # clips of `fvd_source` (a prepared folder, e.g. "{data_dir}/heldout").
+    c.eval = ml_collections.ConfigDict({"every": 0, "t_values": [0.1, 0.3, 0.5, 0.7, 0.9],
+                                        "batches": 2, "sources": {}, "judge": "",
+                                        "judge_motion": [], "fvd_clips": 0, "fvd_source": ""})
+    c.sample = ml_collections.ConfigDict({
+        "every": 0, "prompts": [], "frames": 8, "height": 32, "width": 32, "seed": 0, "fps": 8.0,
+        "caption_encoder": "minilm", "system_prompt": "", "negative_prompt": "",
+        "settings": {}, "preset": "",
+        # "" = decode like the run's latents were encoded (the last stage's encoder)
+        "latent_decoder": "", "latent_decoder_path": "", "caption_encoder_path": ""})
+    return c
 
 
 class ConfigError(UserError, ValueError):
@@ -247,6 +328,9 @@ def build(config: ml_collections.ConfigDict, check_data: bool = True) -> Experim
 
     `check_data=False` skips the data paths (for planning a run on another machine).
     """
+    from lumina_jax.diffusion.loss import LossConfig, TaskSpec
+    from lumina_jax.parallel import RULE_PRESETS
+
     c = config.to_dict()
     required = ("model", "optim", "loss", "stages", "mesh", "rules")
     missing = [k for k in required if k not in c]
@@ -296,6 +380,8 @@ def build(config: ml_collections.ConfigDict, check_data: bool = True) -> Experim
 def _check_run_fields(c: dict, optim: OptimConfig, stages: list[Stage]) -> None:
     """Cadences, counts, sizes and rates that would otherwise fail after compiling (or
     silently do nothing, like keep=0 leaving no checkpoint)."""
+    from lumina_jax.parallel.mesh import MESH_AXES
+
     def need(ok: bool, field: str, rule: str, value) -> None:
         if not ok:
             raise ConfigError(f"config.{field}={value!r}: {rule}")

@@ -22,7 +22,6 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from lumina_jax.errors import UserError
-from lumina_jax.model import ModelConfig
 from lumina_jax.parallel import get_rules, make_mesh
 from lumina_jax.parallel.distributed import maybe_initialize
 from lumina_jax.train import guard
@@ -31,7 +30,7 @@ from lumina_jax.train.checkpoint import Checkpointer, DataStreams, abstract_stat
 from lumina_jax.train.config import ConfigError, Experiment, build, call_function
 from lumina_jax.train.evaluate import Evaluator, evaluator_lines
 from lumina_jax.train.metrics import MetricWriter, device_peak_flops
-from lumina_jax.train.state import (OptimConfig, init_state, make_optimizer, model_graphdef,
+from lumina_jax.train.state import (init_state, make_optimizer, model_graphdef,
                                     state_shardings)
 from lumina_jax.train.step import (TrainStep, batch_keys, enable_compilation_cache,
                                    global_batch)
@@ -470,54 +469,3 @@ def _write_samples(exp: Experiment, state, spec, workdir: str, step: int, writer
     writer.image(step, "samples/contact_sheet", iio.imread(sheet))
     print(f"samples at step {step}: {sheet} (all frames), {paths[1]} ... ({len(paths) - 1} "
           f"clips; latents in {paths[0]})", flush=True)
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """Fields every experiment config has; `configs/*.py` start from this."""
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.data_dir = ""  # substituted for "{data_dir}" in data source paths; may hold "{workdir}"
-    # "module:function" called with the config before training when data is missing
-    # (e.g. data_pipelines.miniature:prepare_for_config makes the runlocal data set).
-    c.prepare_data = ""
-    # A preset plus per-field overrides; None keeps the preset's value.
-    c.model = ml_collections.ConfigDict(
-        {"preset": "demo", **{f.name: None for f in dataclasses.fields(ModelConfig)}})
-    c.optim = ml_collections.ConfigDict(dataclasses.asdict(OptimConfig()))
-    c.loss = ml_collections.ConfigDict({"vd_weight": 1.0, "time_sampling": "uniform",
-                                        "logit_mean": 0.0, "logit_std": 1.0, "n_t_bins": 10})
-    c.stages = []
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "sequence": 1})
-    c.dcn = ml_collections.ConfigDict()
-    c.rules = "fsdp"
-    c.checkpoint = ml_collections.ConfigDict({"every": 100, "keep": 3, "async_save": True})
-    c.log_every = 10
-    # Stop with an error after this many consecutive non-finite steps (0 = never; their
-    # updates are skipped either way and counted in skipped_steps).
-    c.max_nonfinite_steps = 0
-    c.peak_flops_per_device = 0.0
-    c.profile_steps = ""
-    # JAX's persistent compilation cache ("" = off): a restart loads its executables.
-    c.compilation_cache_dir = "{workdir}/compilation_cache"
-    # CPU only: split the host into this many devices (0 = as JAX starts; for meshes
-    # tried on one machine, like configs/lumina_video_2b.py:runlocal).
-    c.cpu_devices = 0
-    # Appended to $XLA_FLAGS before JAX starts (e.g. cheaper CPU codegen for tiny runs).
-    c.xla_flags = ""
-    # In-loop validation (train/evaluate.py): flow loss of fixed batches at these t with
-    # fixed noise, every `every` steps and at the end (0: at the end only; -1: never);
-    # `sources` maps a task name to a held-out prepared folder (else the task's own data,
-    # drawn with a fixed seed). From samples (the sampler settings of config.sample):
-    # `judge` "demo" scores the demo's prompts from pixels, `judge_motion` lists motion
-    # scores for its motion-control check; `fvd_clips` > 0 computes FVD against that many
-    # clips of `fvd_source` (a prepared folder, e.g. "{data_dir}/heldout").
-    c.eval = ml_collections.ConfigDict({"every": 0, "t_values": [0.1, 0.3, 0.5, 0.7, 0.9],
-                                        "batches": 2, "sources": {}, "judge": "",
-                                        "judge_motion": [], "fvd_clips": 0, "fvd_source": ""})
-    c.sample = ml_collections.ConfigDict({
-        "every": 0, "prompts": [], "frames": 8, "height": 32, "width": 32, "seed": 0, "fps": 8.0,
-        "caption_encoder": "minilm", "system_prompt": "", "negative_prompt": "",
-        "settings": {}, "preset": "",
-        # "" = decode like the run's latents were encoded (the last stage's encoder)
-        "latent_decoder": "", "latent_decoder_path": "", "caption_encoder_path": ""})
-    return c

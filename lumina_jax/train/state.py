@@ -7,8 +7,6 @@ the sharding of everything (`state_shardings`).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -17,33 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lumina_jax.model import ModelConfig, build_model
 from lumina_jax.parallel.rules import Rules, logical_to_spec
-
-SCHEDULES = ("constant", "cosine")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """The recipe's AdamW (REFERENCE §3) with optional warmup and cosine decay."""
-    lr: float = 1e-4
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    decay_steps: int = 0          # cosine: steps from the end of warmup to `min_lr_ratio*lr`
-    min_lr_ratio: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-15
-    weight_decay: float = 0.0
-    clip_norm: float = 2.0
-    ema_decay: float = 0.99
-    ema_every: int = 10
-
-    def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"OptimConfig.schedule={self.schedule!r}; choose one of {SCHEDULES}")
-        if self.schedule == "cosine" and self.decay_steps <= 0:
-            raise ValueError("OptimConfig.decay_steps must be > 0 for the cosine schedule")
-        if self.ema_every < 1 or not 0.0 <= self.ema_decay <= 1.0:
-            raise ValueError("OptimConfig: ema_every must be >= 1 and ema_decay in [0, 1]")
+from lumina_jax.train.config import OptimConfig  # noqa: F401 - (defined with the config schema)
 
 
 def lr_schedule(cfg: OptimConfig, stage_lrs: tuple[tuple[int, float], ...] = ()) -> optax.Schedule:
