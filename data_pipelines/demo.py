@@ -196,7 +196,8 @@ def generate(folder: str, size: int = 64, frames: int = 16, fps: float = 8.0,
             ),
         )
     for shape, (cname, color) in itertools.product(SHAPES, COLORS.items()):
-        for d, sp, i in itertools.product(DIRECTIONS, SHAPE_TRAVEL, range(1 if heldout else variants)):
+        copies = range(1 if heldout else variants)
+        for d, sp, i in itertools.product(DIRECTIONS, SHAPE_TRAVEL, copies):
             add(
                 "synthetic",
                 f"{cname}_{shape}_{d}_{sp}_{i}",
@@ -261,7 +262,7 @@ def demo_task(
     resolution: int = 32,
     frames: int = 16,
     **kwargs,
-) -> "pipeline.Task":
+) -> "pipeline.Task":  # noqa: F821 (imported inside)
     """The Task that trains on `prepare_demo(folder)` output: natural 0.5, synthetic 0.5."""
     from data_pipelines import pipeline  # pylint: disable=import-outside-toplevel
 

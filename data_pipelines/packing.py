@@ -183,7 +183,8 @@ def collate(rows: list[list[dict]], task) -> dict:
                 meta[key][r][j] = ex[field]
     return {
         "latents": latents, "positions": positions, "segment_ids": segment_ids,
-        "frames": frames, "motion_score": motion, "cap_feats": cap_feats, "cap_segment_ids": cap_segment_ids,
+        "frames": frames, "motion_score": motion, "cap_feats": cap_feats,
+        "cap_segment_ids": cap_segment_ids,
         **{k: np.asarray(v) for k, v in meta.items()},
         "padding": float(np.mean(segment_ids == 0)),
         "num_clips": sum(map(len, rows)),

@@ -486,8 +486,6 @@ def _register_import(subparsers) -> None:
 
 
 def _run_import(args) -> int:
-    import time
-
     from lumina_jax.export import check_shapes, find_weights, read_state_dict
     from lumina_jax.train.config import build, load_config
     from lumina_jax.train.loop import import_weights
@@ -590,8 +588,10 @@ def main(argv: list[str] | None = None) -> int:
     args.debug = args.debug or "--debug" in extra
     extra = [a for a in extra if a != "--debug"]
     overrides = [a for a in extra if a.startswith("--config.")]
-    if len(overrides) != len(extra) or (overrides and not getattr(args, "accepts_overrides", False)):
-        parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in overrides) or ' '.join(extra)}")
+    if len(overrides) != len(extra) or (overrides
+                                        and not getattr(args, "accepts_overrides", False)):
+        unknown = " ".join(a for a in extra if a not in overrides) or " ".join(extra)
+        parser.error(f"unrecognized arguments: {unknown}")
     args.overrides = overrides
     try:
         return args.func(args)

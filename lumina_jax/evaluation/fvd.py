@@ -466,7 +466,8 @@ class I3DFeatures:
 
     Loads the weights once (shared by all instances), jit-compiles once per input shape and
     batch size, and runs `batch_size` clips at a time to bound memory (on CPU the process
-    peaks at ~1.3 GB with batches of 8 16-frame clips, ~0.7 GB with 1). `fast=False` runs the package's apply unchanged
+    peaks at ~1.3 GB with batches of 8 16-frame clips, ~0.7 GB with 1). `fast=False` runs the
+    package's apply unchanged
     (slower on CPU; same numbers to ~1e-6 relative). See the module doc for the protocol."""
 
     def __init__(

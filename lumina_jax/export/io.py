@@ -45,7 +45,8 @@ def write_safetensors(path: str, shapes: dict[str, tuple[int, ...]],
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     for name, shape in shapes.items():
         nbytes = 4 * int(np.prod(shape, dtype=np.int64))
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        header[name] = {"dtype": "F32", "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-(8 + len(raw)) % 8)  # the data buffer starts 8-byte aligned

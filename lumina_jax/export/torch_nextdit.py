@@ -145,7 +145,8 @@ class MultiScaleNextDiT(nn.Module):
         hidden = min(dim, 1024)
         self.t_embedder = TimestepEmbedder(hidden)
         self.motion_embedder = TimestepEmbedder(hidden)
-        self.cap_embedder = nn.Sequential(nn.LayerNorm(cap_feat_dim), nn.Linear(cap_feat_dim, hidden))
+        self.cap_embedder = nn.Sequential(nn.LayerNorm(cap_feat_dim),
+                                          nn.Linear(cap_feat_dim, hidden))
         ffn = int(2 * 4 * dim / 3)
         if ffn_dim_multiplier is not None:
             ffn = int(ffn_dim_multiplier * ffn)
@@ -182,7 +183,8 @@ class MultiScaleNextDiT(nn.Module):
         m = cap_mask.float()[..., None]
         cap_emb = self.cap_embedder((cap_feats * m).sum(1) / m.sum(1))
         dropped = motion_score < 0
-        motion_emb = self.motion_embedder(torch.where(dropped, 0.0, motion_score) * self.motion_scale)
+        motion = torch.where(dropped, 0.0, motion_score) * self.motion_scale
+        motion_emb = self.motion_embedder(motion)
         motion_emb = motion_emb * (~dropped).float()[:, None]
         adaln = t_emb + cap_emb + motion_emb
 

@@ -93,7 +93,8 @@ class ModelConfig:
         if self.dim % self.n_heads:
             bad("dim", f"{self.dim} must be divisible by n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:
-            bad("n_kv_heads", f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.kv_heads}")
+            bad("n_kv_heads",
+                f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.kv_heads}")
         if self.head_dim % 16:
             bad("dim", f"head_dim={self.head_dim} must be a multiple of 16 so the 3D RoPE "
                        "frame/height/width parts (2/8, 3/8, 3/8 of head_dim) are even")

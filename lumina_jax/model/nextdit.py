@@ -137,7 +137,8 @@ class NextDiT(nnx.Module):
         p, pf = check_patch_size(cfg, patch_size)
         b, n, d = tokens.shape
         if d != pf * p * p * cfg.in_channels:
-            raise ValueError(f"packed tokens must be [B, N, pF*p*p*C={pf * p * p * cfg.in_channels}]"
+            raise ValueError(f"packed tokens must be [B, N, pF*p*p*C="
+                             f"{pf * p * p * cfg.in_channels}]"
                              f" at patch size {(p, pf)}; got {tokens.shape}")
         s = t.shape[-1]
         if (positions.shape != (b, n, 3) or segment_ids.shape != (b, n) or t.shape != (b, s)

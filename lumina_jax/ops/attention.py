@@ -55,7 +55,8 @@ def attention(
     platform: str | None = None,
 ) -> jax.Array:
     """See the module docstring. `block_sizes` defaults per platform; `interpret`
-    (Pallas and splash kernels) defaults to True on CPU; `platform` ("cpu" | "gpu" | "tpu") defaults to
+    (Pallas and splash kernels) defaults to True on CPU; `platform` ("cpu" | "gpu" | "tpu")
+    defaults to
     `jax.default_backend()` and picks the kernel family (set it to lower for another
     platform, e.g. under `jax.export`)."""
     _check_shapes(q, k, v, q_segment_ids, kv_segment_ids, kv_mask)

@@ -18,7 +18,8 @@ from jax.sharding import AxisType, Mesh
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 
 
-def resolve_axis_sizes(sizes: Mapping[str, int], n_devices: int, what: str = "mesh") -> dict[str, int]:
+def resolve_axis_sizes(sizes: Mapping[str, int], n_devices: int,
+                       what: str = "mesh") -> dict[str, int]:
     """Fill a single -1 axis and check the product against the device count."""
     unknown = set(sizes) - set(MESH_AXES)
     if unknown:

@@ -291,7 +291,8 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
                     nonfinite_run = _check_finite(window, nonfinite_run, config.max_nonfinite_steps,
                                                   step, ckpt)
                     last = window.summary(peak)
-                    last["skipped_clips"] = int(sum(b.get("num_skipped", 0) for b in local.values()))
+                    last["skipped_clips"] = int(sum(b.get("num_skipped", 0)
+                                                    for b in local.values()))
                     last["skipped_steps"] = int(state["skipped_steps"])
                     last["stage"] = stage_index
                     last.update({f"shape/{n}": "x".join(map(str, b["latents"].shape))

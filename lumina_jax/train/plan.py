@@ -391,7 +391,8 @@ def plan(args, emit=None) -> str:
     lines = [f"plan: {args.config}, model dim {c.dim} x {c.n_layers} layers ({c.n_heads} heads, "
              f"{c.kv_heads} kv), params {c.param_dtype}, compute {c.dtype}, remat {c.remat}; "
              f"mesh {', '.join(f'{a}={s}' for a, s in mesh_sizes.items() if s > 1) or 'single'}"
-             f" ({n_dev} devices), rules {config.rules if isinstance(config.rules, str) else 'custom'}"]
+             f" ({n_dev} devices), rules "
+             f"{config.rules if isinstance(config.rules, str) else 'custom'}"]
     if emit:
         emit(lines[0])
     report = []
@@ -424,7 +425,8 @@ def plan(args, emit=None) -> str:
                      + ")")
         for name, t in r["tasks"].items():
             f, h, w = t["pixels"]
-            lines.append(f"  {name}: global batch {t['batch']}, {f} frames {h}x{w} px (HxW) -> latents "
+            lines.append(f"  {name}: global batch {t['batch']}, {f} frames {h}x{w} px (HxW) "
+                         f"-> latents "
                          f"{t['latents']}, {t['tokens']:,} tokens/item, caption {t['cap_len']}")
         lines.append(f"  per device: params {g(r['params'])}, optimizer {g(r['optimizer'])}, "
                      f"EMA {g(r['ema'])}, " + (

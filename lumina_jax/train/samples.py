@@ -173,7 +173,7 @@ def contact_sheet(frames: np.ndarray, prompts, cell: int = 96) -> np.ndarray:
     gap, label = 4, 14
     ch, cw = h * k, w * k
     sheet = np.full((n * (label + ch + gap) + gap, f * (cw + gap) + gap, 3), 255, np.uint8)
-    for i, (clip, prompt) in enumerate(zip(frames, prompts)):
+    for i, clip in enumerate(frames):
         top = gap + i * (label + ch + gap) + label
         for j, frame in enumerate(clip):
             left = gap + j * (cw + gap)

@@ -265,7 +265,8 @@ class TrainStep:
         peak = self.peak_bytes()
         if peak:
             gib = lambda b: f"{b / 2**30:.3f} GiB"
-            lines.append(f"compiled step, per device: state + gradients {gib(peak['state_and_grads'])}, "
+            lines.append(f"compiled step, per device: state + gradients "
+                         f"{gib(peak['state_and_grads'])}, "
                          f"largest task (temporaries + batch) {gib(peak['task_temp_and_batch'])}, "
                          f"update temporaries {gib(peak['update_temp'])}; peak {gib(peak['peak'])}")
         lines.append(f"model FLOPs per step: {self.model_flops(batches):.4g}")
