@@ -1,5 +1,6 @@
 """Every config in configs/ (each variant) loads without JAX and builds into a typed
-experiment, the flagship 2B recipe and its runlocal miniature included."""
+experiment, the flagship 2B recipe and its runlocal miniature included; and the code passes
+ruff."""
 
 import pathlib
 import subprocess
@@ -36,3 +37,15 @@ def test_config_builds(variant):
     assert exp.total_steps == sum(s.steps for s in exp.stages) > 0
     assert all(task.spec.patch_size in exp.model.patch_sizes
                for stage in exp.stages for task in stage.tasks)
+
+
+def test_lumina_jax_and_data_pipelines_pass_ruff():
+    """One style (pyproject's [tool.ruff]) across the package and the data pipelines."""
+    import shutil
+
+    ruff = (shutil.which("ruff", path=str(pathlib.Path(sys.executable).parent))
+            or shutil.which("ruff"))
+    assert ruff, "no ruff: pip install -e '.[test]'"
+    proc = subprocess.run([ruff, "check", "lumina_jax", "data_pipelines"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:]
