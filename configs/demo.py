@@ -13,7 +13,7 @@ tests' three-stage curriculum. Any field can be overridden, e.g.
 
 import ml_collections
 
-from lumina_jax.train.loop import default_config
+from lumina_jax.train.config import default_config
 
 DATA = "{data_dir}/prepared"
 SYNTHETIC_PROMPT = "Generate a video of a simple coloured shape with the described motion. "
@@ -22,8 +22,8 @@ SYNTHETIC_PROMPT = "Generate a video of a simple coloured shape with the describ
 def data(batch_size: int) -> dict:
     return {
         # Mostly the synthetic shapes: simple enough to learn in minutes on a CPU.
-        "sources": {"natural": {"path": DATA, "weight": 0.3},
-                    "synthetic": {"path": DATA, "weight": 0.7}},
+        "sources": {"natural": {"path": DATA, "weight": 0.1},
+                    "synthetic": {"path": DATA, "weight": 0.9}},
         "resolution": 16, "fps": 8.0, "max_frames": 8, "frame_buckets": (8,), "multiple": 16,
         "batch_size": batch_size, "num_workers": 0,
         "caption_len": 48,  # fixed, so every batch of a task has one shape (one compile)
@@ -44,15 +44,21 @@ def get_config(arg=None):
     c.optim.warmup_steps = 20
     c.optim.ema_decay = 0.95
     c.optim.ema_every = 1
+    # Video at 2x4 and 2x2 only: a 1x2 video task costs as much as the other two together
+    # (512 tokens a clip) and the CPU budget buys more steps without it; sampling goes
+    # 2x4 -> 2x2 as the published multi-scale schedule goes 2x4 -> 2x2 -> 1x2.
     c.stages = [
         ml_collections.ConfigDict({"name": "images", "steps": 40, "tasks": {
             "image_1x2": task("image", (2, 1), 16)}}),
-        ml_collections.ConfigDict({"name": "video", "steps": 300, "tasks": {
+        ml_collections.ConfigDict({"name": "video", "steps": 360, "tasks": {
             "image_1x2": task("image", (2, 1), 8),
-            "video_2x4": task("video", (4, 2), 8),
-            "video_2x2": task("video", (2, 2), 8),
-            "video_1x2": task("video", (2, 1), 4)}}),
+            "video_2x4": task("video", (4, 2), 16),
+            "video_2x2": task("video", (2, 2), 16)}}),
     ]
+    # Logit-normal t (SD3; the recipe's option): more of the few steps go to mid noise
+    # levels, where layout and motion are decided (judge, 440 steps: colour 54% -> 71%,
+    # shape 21% -> 31%, direction 21% -> 29% against uniform t).
+    c.loss.time_sampling = "logit_normal"
     c.mesh.data = -1
     c.rules = "dp"
     c.checkpoint.every = 50
@@ -62,9 +68,15 @@ def get_config(arg=None):
                         "a yellow triangle moving right quickly", "a green circle moving up slowly"]
     c.sample.system_prompt = SYNTHETIC_PROMPT
     c.sample.frames, c.sample.height, c.sample.width = 8, 16, 16
-    c.sample.settings = {"num_steps": 30, "shift": 1.0,
-                         "patch_size": ("2x4", (0.1, "2x2"), (0.4, "1x2")),
-                         "cfg": 0.0, "motion": 7.0, "neg_motion": 7.0}
+    # Motion 25: mid-range for the demo's clips (motion scores ~10-65 on the official
+    # 320x576 scale; the published 6.0 is for real footage).
+    c.sample.settings = {"num_steps": 30, "shift": 1.0, "patch_size": ("2x4", (0.1, "2x2")),
+                         "cfg": 0.0, "motion": 25.0, "neg_motion": 25.0}
+    # At the end: validation loss on the held-out clips, and the judge (48 prompts scored
+    # from pixels, motion-score control at these motion scores).
+    c.eval.every, c.eval.batches = 0, 1
+    c.eval.sources = {"video_2x4": "{data_dir}/heldout", "video_2x2": "{data_dir}/heldout"}
+    c.eval.judge, c.eval.judge_motion = "demo", [10.0, 25.0, 40.0, 55.0]
     if arg == "quick":  # smoke run: a few steps per stage
         c.stages[0].steps, c.stages[1].steps = 4, 4
         c.checkpoint.every, c.log_every = 4, 2
