@@ -317,7 +317,7 @@ def _run_eval(args) -> int:
     import json
 
     from lumina_jax.train.evaluate import Evaluator, evaluator_lines
-    from lumina_jax.train.loop import sample_spec
+    from lumina_jax.train.loop import eval_sample_spec
     from lumina_jax.train.state import model_graphdef
     from lumina_jax.train.step import batch_keys
 
@@ -336,7 +336,7 @@ def _run_eval(args) -> int:
         cfg["fvd_source"] = args.fvd_source
     out_dir = os.path.join(args.checkpoint, "eval")
     evaluator = Evaluator(exp, cfg, model_graphdef(exp.model), batch_keys(exp.model),
-                          sample_spec(exp.config, exp, prompts=["(eval)"]), out_dir)
+                          eval_sample_spec(exp.config, exp, cfg), out_dir)
     print(f"checkpoint step {step} of {args.checkpoint}, "
           f"{'EMA' if args.weights == 'ema' else 'raw (non-EMA)'} weights")
     values = evaluator(state[args.weights], exp.stages[-1], step)

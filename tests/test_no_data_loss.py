@@ -255,7 +255,6 @@ def get_config(arg=None):
     c = demo("tiny")
     c.stages = c.stages[:1]
     c.stages[0].steps = 6
-    c.eval.sources = {}  # (they name the video tasks this config drops)
     return c
 """
 

@@ -81,6 +81,14 @@ def sample_spec(config: ml_collections.ConfigDict, exp: Experiment,
     return sampling.SampleSpec(**fields)
 
 
+def eval_sample_spec(config: ml_collections.ConfigDict, exp: Experiment, eval_cfg: dict):
+    """The sampling spec the evaluator's judge and FVD (`eval_cfg`, config.eval's fields)
+    sample with; None when neither is on (V2A runs need none)."""
+    if not (eval_cfg.get("judge") or int(eval_cfg.get("fvd_clips", 0)) > 0):
+        return None
+    return sample_spec(config, exp, prompts=["(eval)"])
+
+
 class Window:
     """Metrics accumulated between two log lines (device values fetched only at log time).
     Tokens and FLOPs come from each step's actual batch shapes; compile time is not
@@ -203,7 +211,7 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
     writer = MetricWriter(workdir, start_step=step)
     # single process only, like sampling (the fixed batches are this host's arrays)
     evaluator = (Evaluator(exp, config.eval.to_dict(), model_graphdef(exp.model), keys,
-                           sample_spec(config, exp, prompts=["(eval)"]),
+                           eval_sample_spec(config, exp, config.eval.to_dict()),
                            os.path.join(workdir, "eval"))
                  if jax.process_count() == 1 and config.eval.every >= 0 else None)
     peak = device_peak_flops(config.peak_flops_per_device)
