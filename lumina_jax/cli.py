@@ -186,15 +186,19 @@ def _run_train(args) -> int:
     return 0
 
 
+def add_checkpoint_args(p, what: str = "training workdir (of `lumina-jax train` or `import`)"):
+    """--checkpoint (a run's workdir) and --step, as every command that reads weights has."""
+    p.add_argument("--checkpoint", required=True, help=what)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+
+
 def _register_sample(subparsers) -> None:
     text = ("generate videos from a trained workdir's weights into a new folder per call: "
             "latents npz, mp4 + GIF per prompt, and a large <clip>.preview.mp4 to watch "
             "small samples in a normal player")
     p = subparsers.add_parser("sample", help="generate videos from a trained workdir",
                               description=text[0].upper() + text[1:] + ".")
-    p.add_argument("--checkpoint", required=True,
-                   help="training workdir (of `lumina-jax train` or `import`)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    add_checkpoint_args(p)
     p.add_argument("--prompt", action="append", default=None,
                    help="a prompt (repeatable); default: the config's sample prompts")
     p.add_argument("--out", default=None,
@@ -297,9 +301,7 @@ def _register_eval(subparsers) -> None:
             "held-out real clips; printed and written to WORKDIR/eval/step<N>.json")
     p = subparsers.add_parser("eval", help="validation loss, judge and FVD of a trained workdir",
                               description=text[0].upper() + text[1:] + ".")
-    p.add_argument("--checkpoint", required=True,
-                   help="training workdir (of `lumina-jax train` or `import`)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    add_checkpoint_args(p)
     p.add_argument("--weights", choices=("ema", "params"), default="ema",
                    help="ema (default) or params: the raw trained weights")
     p.add_argument("--judge", choices=("demo", "none"), default=None,
@@ -439,8 +441,7 @@ def _register_export(subparsers) -> None:
     p = subparsers.add_parser(
         "export", help="write a workdir's weights (params and EMA) as the official PyTorch "
                        "checkpoint", description=text[0].upper() + text[1:] + ".")
-    p.add_argument("--checkpoint", required=True, help="training workdir")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    add_checkpoint_args(p, "training workdir")
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.set_defaults(func=_run_export)
 

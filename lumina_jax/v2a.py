@@ -157,10 +157,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "v2a", help="Lumina-V2A: give a video the sound a trained V2A run generates "
                     "(writes OUT.mp4 and OUT.mel.png)")
-    p.add_argument("--checkpoint", required=True, help="training workdir of a V2A run")
+    from lumina_jax.cli import add_checkpoint_args
+
+    add_checkpoint_args(p, "training workdir of a V2A run")
     p.add_argument("--video", required=True, help="input video (its own sound is ignored)")
     p.add_argument("--out", required=True, help="output .mp4 (must not exist)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--weights", choices=("ema", "params"), default="ema",
                    help="the EMA weights (default) or the raw trained params")
     p.add_argument("--caption", default="", help="text condition (default: none)")
