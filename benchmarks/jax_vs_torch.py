@@ -62,15 +62,16 @@ def jax_worker(args, conn):
     from lumina_jax.diffusion.loss import LossConfig, TaskSpec
     from lumina_jax.export.state_dict import model_args, to_torch
     from lumina_jax.parallel import get_rules, make_mesh
-    from lumina_jax.train.state import OptimConfig, create_sharded_state, make_optimizer
+    from lumina_jax.train.state import OptimConfig, make_optimizer, state_layout
     from lumina_jax.train.step import TrainStep, global_batch
 
     cfg = model_config(args)
     optim = OptimConfig(lr=1e-4, ema_every=10)
     mesh, rules = make_mesh({"data": 1}, devices=jax.devices()[:1]), get_rules("dp")
-    state, shardings = create_sharded_state(cfg, make_optimizer(optim), 0, mesh, rules)
+    layout = state_layout(cfg, mesh, rules, make_optimizer(optim))
+    state = layout.init()
     step = TrainStep(cfg, optim, LossConfig(), {"video": TaskSpec("video", (2, 2), 4.0)},
-                     mesh, rules, shardings)
+                     mesh, rules, layout)
     batches = {"video": global_batch(numpy_batch(args, cfg), mesh, rules)}
     key = jax.random.key(0)
     conn.send({"weights": dict(to_torch(state["params"], cfg)),

@@ -36,7 +36,7 @@ from data_pipelines import footage, make_iterator, offline, task_from_dict, vide
 from lumina_jax.diffusion.loss import LossConfig, TaskSpec
 from lumina_jax.model import get_preset, token_count
 from lumina_jax.parallel import get_rules, make_mesh
-from lumina_jax.train.state import OptimConfig, create_sharded_state, make_optimizer
+from lumina_jax.train.state import OptimConfig, make_optimizer, state_layout
 from lumina_jax.train.step import TrainStep, batch_keys, global_batch
 
 RESOLUTION, MULTIPLE, FPS, PATCH = 32, 8, 8.0, (2, 2)
@@ -108,8 +108,9 @@ def run(args) -> dict:
     for name, packed in (("bucketed", False), ("packed", True)):
         it = make_iterator(data_task(prepared, args, packed), 0, 1)
         local = [next(it) for _ in range(args.steps)]
-        state, shardings = create_sharded_state(cfg, make_optimizer(optim), 0, mesh, rules)
-        step = TrainStep(cfg, optim, LossConfig(), tasks, mesh, rules, shardings)
+        layout = state_layout(cfg, mesh, rules, make_optimizer(optim))
+        state = layout.init()
+        step = TrainStep(cfg, optim, LossConfig(), tasks, mesh, rules, layout)
         batches = [{"video_2x2": global_batch(b, mesh, rules, batch_keys(cfg))} for b in local]
         t0 = time.perf_counter()
         for b in batches:

@@ -25,7 +25,7 @@ from lumina_jax.diffusion.loss import LossConfig, TaskSpec
 from lumina_jax.model import get_preset, token_count
 from lumina_jax.parallel import get_rules, make_mesh
 from lumina_jax.train.metrics import device_peak_flops, measured_matmul_flops
-from lumina_jax.train.state import OptimConfig, create_sharded_state, make_optimizer
+from lumina_jax.train.state import OptimConfig, make_optimizer, state_layout
 from lumina_jax.train.step import TrainStep, global_batch
 
 
@@ -49,8 +49,9 @@ def run(args) -> dict:
     tokens = token_count(args.frames, args.height, args.width, (p, pf))
     mesh, rules = make_mesh({"data": 1}, devices=jax.devices()[:1]), get_rules("dp")
     optim = OptimConfig(lr=1e-4, ema_every=1)
-    state, shardings = create_sharded_state(cfg, make_optimizer(optim), 0, mesh, rules)
-    step = TrainStep(cfg, optim, LossConfig(), {"video": task}, mesh, rules, shardings)
+    layout = state_layout(cfg, mesh, rules, make_optimizer(optim))
+    state = layout.init()
+    step = TrainStep(cfg, optim, LossConfig(), {"video": task}, mesh, rules, layout)
     batches = {"video": global_batch(make_batch(cfg, args.batch, args.frames, args.height,
                                                 args.width, args.cap_len), mesh, rules)}
     key = jax.random.key(0)

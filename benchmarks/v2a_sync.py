@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_pipelines import audio, shards, v2a_demo  # noqa: E402
 from lumina_jax import v2a  # noqa: E402
-from lumina_jax.train.loop import load_run, optimizer  # noqa: E402
+from lumina_jax.train.loop import load_run  # noqa: E402
 from lumina_jax.train.state import init_state  # noqa: E402
 
 
@@ -77,8 +77,7 @@ def main() -> None:
     neg = v2a.unconditional(cond, null_feats, null_len)
     settings = v2a.V2ASettings(**{k: v for k, v in exp.config.to_dict().get("v2a", {}).items()
                                   if k in ("num_steps", "cfg", "seed")})
-    tx, _ = optimizer(exp)
-    untrained = jax.jit(lambda: init_state(exp.model, tx, int(exp.config.seed))["ema"])()
+    untrained = jax.jit(lambda: init_state(exp.model, seed=int(exp.config.seed))["ema"])()
 
     def generate(params):
         out = []

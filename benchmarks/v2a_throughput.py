@@ -37,7 +37,7 @@ def main() -> None:
     from lumina_jax.diffusion.loss import LossConfig, TaskSpec
     from lumina_jax.model import get_preset, token_count
     from lumina_jax.parallel import get_rules, make_mesh
-    from lumina_jax.train.state import OptimConfig, create_sharded_state, make_optimizer
+    from lumina_jax.train.state import OptimConfig, make_optimizer, state_layout
     from lumina_jax.train.step import TrainStep, batch_keys, global_batch
 
     cfg = get_preset(args.preset)
@@ -55,8 +55,9 @@ def main() -> None:
                                          ("fsdp", {"fsdp": args.devices}, "fsdp")):
         mesh, rules = make_mesh(mesh_sizes), get_rules(rules_name)
         optim = OptimConfig(lr=1e-3, ema_every=1)
-        state, shardings = create_sharded_state(cfg, make_optimizer(optim), 0, mesh, rules)
-        step = TrainStep(cfg, optim, LossConfig(), tasks, mesh, rules, shardings)
+        layout = state_layout(cfg, mesh, rules, make_optimizer(optim))
+        state = layout.init()
+        step = TrainStep(cfg, optim, LossConfig(), tasks, mesh, rules, layout)
         batches = {"audio": global_batch(local, mesh, rules, batch_keys(cfg))}
         key = jax.random.key(0)
         compiled = step.compile(state, batches, key)

@@ -18,7 +18,7 @@ from lumina_jax.diffusion.loss import DEFAULT_TASKS, LossConfig, TaskSpec
 from lumina_jax.model import get_preset, token_count
 from lumina_jax.parallel import get_rules, make_mesh
 from lumina_jax.parallel.distributed import maybe_initialize
-from lumina_jax.train.state import OptimConfig, create_sharded_state, make_optimizer
+from lumina_jax.train.state import OptimConfig, make_optimizer, state_layout
 from lumina_jax.train.step import TrainStep, batch_keys, global_batch, host_rows
 
 TASKS = {k: DEFAULT_TASKS[k] for k in ("image_1x2", "video_2x2")}
@@ -109,8 +109,9 @@ def run(mesh_spec: str, rules_name: str, n_devices: int, steps: int, batch: int,
     devices = jax.devices()[:n_devices] if n_devices else None
     mesh, rules = make_mesh(sizes, devices=devices), get_rules(rules_name)
     optim = OptimConfig(lr=1e-3, ema_every=1)
-    state, shardings = create_sharded_state(cfg, make_optimizer(optim), 0, mesh, rules)
-    step = TrainStep(cfg, optim, LossConfig(), tasks, mesh, rules, shardings)
+    layout = state_layout(cfg, mesh, rules, make_optimizer(optim))
+    state = layout.init()
+    step = TrainStep(cfg, optim, LossConfig(), tasks, mesh, rules, layout)
     rows = host_rows(mesh, rules, batch)
     batches = {name: global_batch({f: v[rows] for f, v in b.items()}, mesh, rules,
                                   batch_keys(cfg))

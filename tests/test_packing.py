@@ -322,7 +322,7 @@ from test_packing import CFG, SHAPES, clip_examples, packed_batch
 from data_pipelines import task_from_dict
 from lumina_jax.diffusion.loss import LossConfig, TaskSpec
 from lumina_jax.parallel import get_rules, make_mesh
-from lumina_jax.train.state import OptimConfig, create_sharded_state, make_optimizer
+from lumina_jax.train.state import OptimConfig, make_optimizer, state_layout
 from lumina_jax.train.step import TrainStep, enable_compilation_cache, global_batch
 
 enable_compilation_cache({cache!r})  # the suite's: a rerun loads these executables
@@ -335,9 +335,10 @@ for mesh_spec, rules, n in (("data=1", "dp", 1), ("fsdp=2,tensor=2,sequence=2", 
     sizes = {{k: int(v) for k, v in (kv.split("=") for kv in mesh_spec.split(","))}}
     mesh, rules = make_mesh(sizes, devices=jax.devices()[:n]), get_rules(rules)
     optim = OptimConfig(lr=1e-3, ema_every=1)
-    state, shardings = create_sharded_state(CFG, make_optimizer(optim), 0, mesh, rules)
+    layout = state_layout(CFG, mesh, rules, make_optimizer(optim))
+    state = layout.init()
     step = TrainStep(CFG, optim, LossConfig(), {{"video_2x2": TaskSpec("video", (2, 2), 4.0)}},
-                     mesh, rules, shardings)
+                     mesh, rules, layout)
     batch = global_batch(local, mesh, rules, ("latents", "cap_feats", "cap_mask", "motion_score"))
     # the task's gradient executable alone (the update is the same code on any batch)
     grads, aux = step._grad_jit["video_2x2"](state["params"], step._zeros(state["params"]),

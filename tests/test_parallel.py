@@ -15,7 +15,7 @@ from conftest import made_once, with_xla_flags
 from lumina_jax.diffusion.loss import DEFAULT_TASKS, LossConfig
 from lumina_jax.model import get_preset
 from lumina_jax.parallel import get_rules, logical_to_spec, make_mesh, resolve_axis_sizes
-from lumina_jax.train.state import OptimConfig, create_sharded_state, make_optimizer
+from lumina_jax.train.state import OptimConfig, make_optimizer, state_layout
 from lumina_jax.train.step import TrainStep, global_batch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -153,9 +153,10 @@ def test_non_finite_step_is_skipped_and_counted():
     cfg = get_preset("tiny")
     mesh, rules = make_mesh({"data": 1}, devices=jax.devices()[:1]), get_rules("dp")
     optim = OptimConfig(lr=1e-2, ema_every=1)
-    state, shardings = create_sharded_state(cfg, make_optimizer(optim), 0, mesh, rules)
+    layout = state_layout(cfg, mesh, rules, make_optimizer(optim))
+    state = layout.init()
     step = TrainStep(cfg, optim, LossConfig(),
-                     {"image_1x2": DEFAULT_TASKS["image_1x2"]}, mesh, rules, shardings)
+                     {"image_1x2": DEFAULT_TASKS["image_1x2"]}, mesh, rules, layout)
     rng = np.random.default_rng(0)
     batch = {"latents": rng.standard_normal((2, cfg.in_channels, 1, 8, 8), dtype=np.float32),
              "cap_feats": rng.standard_normal((2, 4, cfg.cap_feat_dim), dtype=np.float32),

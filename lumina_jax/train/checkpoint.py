@@ -3,7 +3,8 @@
 Layout: `<workdir>/checkpoints/<step>/{state, data, meta, checksums.json}`. `data` is
 Grain's per-process JSON (`process_i-of-n.json`), so each host resumes its own stream
 exactly. Restoring takes target shardings, so a checkpoint loads onto a different mesh or
-device count.
+device count; readers (sample, eval, export) restore only part of `state` (params and EMA:
+Orbax's partial restore skips the optimiser's arrays unread).
 
 Integrity: once a save has finished, `checksums.json` records every file's size and CRC32;
 a restore checks them first, so flipped or truncated bytes count as a corrupt checkpoint,
@@ -92,17 +93,10 @@ class DataStreams:
                 it.start_prefetch()
 
 
-def abstract_state(abstract, shardings):
-    """ShapeDtypeStructs carrying the target shardings (shardings is a prefix tree)."""
-    return jax.tree.map(
-        lambda s, sub: jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), sub),
-        shardings, abstract)
-
-
-def layout_problem(folder: Path, target) -> str | None:
+def layout_problem(folder: Path, target, partial: bool = False) -> str | None:
     """How the arrays saved in `folder` (a step's `state`) differ from `target`'s paths
-    and shapes, read from the checkpoint's metadata alone (no array is loaded)."""
+    and shapes, read from the checkpoint's metadata alone (no array is loaded).
+    `partial`: only the saved items that `target` has are compared (a reader's)."""
     def name(key):
         return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
 
@@ -117,6 +111,8 @@ def layout_problem(folder: Path, target) -> str | None:
     finally:
         absl.setLevel(level)
     wanted = shapes(target)
+    if partial:
+        saved = {n: s for n, s in saved.items() if n.split("/")[0] in target}
     for name in sorted(set(saved) | set(wanted)):
         if name not in wanted:
             return f"the checkpoint has {name}, which this config's model lacks"
@@ -175,16 +171,19 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def restore_latest(self, target, restore_data, only_step: int | None = None,
-                       move_corrupt: bool = True):
-        """(step, state, meta, data_dir) from the newest checkpoint that restores.
+    def restore_latest(self, target, restore_data=None, only_step: int | None = None,
+                       move_corrupt: bool = True, partial: bool = False):
+        """(step, state, meta, streams) from the newest checkpoint that restores.
 
         A checkpoint that fails (checksum mismatch, corrupt or truncated files, a target
         it does not fit) is reported and the one before it is tried; why each failed is
         left in `failures`. `restore_data(meta)` returns a DataStreams for that step's
-        stage (or None: fresh streams); its iterator state is restored too. Returns None
-        when no checkpoint restores. `move_corrupt=False` (readers like `sample`) renames
-        nothing.
+        stage (or None: fresh streams); its iterator state is restored too (no
+        `restore_data`: none is). Returns None when no checkpoint restores.
+
+        Readers like `sample` pass `move_corrupt=False` (nothing is renamed) and
+        `partial=True`: only the items of `target` are read (e.g. step, params and EMA),
+        the rest of the state (the optimiser's moments) is skipped, unread.
         """
         self.failures = {}
         steps = sorted(self.manager.all_steps(), reverse=True)
@@ -193,13 +192,15 @@ class Checkpointer:
                 problem = checksum_problem(self.directory / str(step))
                 if problem:
                     raise OSError(f"checksum mismatch: {problem}")
-                problem = layout_problem(self.directory / str(step) / "state", target)
+                problem = layout_problem(self.directory / str(step) / "state", target, partial)
                 if problem:
                     raise ValueError(f"does not fit the config: {problem}")
                 meta = self.manager.restore(step, args=ocp.args.Composite(
                     meta=ocp.args.JsonRestore()))["meta"]
-                streams = restore_data(meta)
-                items = {"state": ocp.args.StandardRestore(target)}
+                streams = restore_data(meta) if restore_data else None
+                items = {"state": ocp.args.PyTreeRestore(
+                    target, ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True) if partial else ocp.args.StandardRestore(target)}
                 if streams is not None:
                     items["data"] = grain.checkpoint.CheckpointRestore(streams)
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))

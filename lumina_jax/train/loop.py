@@ -12,10 +12,10 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 
 import imageio.v3 as iio
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -26,12 +26,11 @@ from lumina_jax.parallel import get_rules, make_mesh
 from lumina_jax.parallel.distributed import maybe_initialize
 from lumina_jax.train import guard
 from lumina_jax.train import samples as sampling
-from lumina_jax.train.checkpoint import Checkpointer, DataStreams, abstract_state
+from lumina_jax.train.checkpoint import Checkpointer, DataStreams
 from lumina_jax.train.config import ConfigError, Experiment, build, call_function
 from lumina_jax.train.evaluate import Evaluator, evaluator_lines
 from lumina_jax.train.metrics import MetricWriter, device_peak_flops
-from lumina_jax.train.state import (init_state, make_optimizer, model_graphdef,
-                                    state_shardings)
+from lumina_jax.train.state import model_graphdef, run_optimizer, state_layout
 from lumina_jax.train.step import (TrainStep, batch_keys, enable_compilation_cache,
                                    global_batch)
 
@@ -168,10 +167,7 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
         raise ConfigError(f"config.mesh: {e}") from None
     rules = rules_of(exp)
     check_batch_sizes(exp)
-    tx, stage_lrs = optimizer(exp)
-    init = lambda: init_state(exp.model, tx, int(config.seed))
-    abstract = jax.eval_shape(init)
-    shardings = state_shardings(abstract, mesh, rules)
+    layout = state_layout(exp.model, mesh, rules, run_optimizer(exp), int(config.seed))
 
     keys = batch_keys(exp.model)
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -184,7 +180,7 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
     ckpt = Checkpointer(ckpt_dir, config.checkpoint.keep, config.checkpoint.every,
                         config.checkpoint.async_save)
     restored = ckpt.restore_latest(
-        abstract_state(abstract, shardings),
+        layout.target(),
         lambda meta: make_streams(exp, meta["stage"]) if meta["stage"] >= 0 else None)
     if restored:
         step, state, meta, streams = restored
@@ -204,7 +200,7 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
             f"move this run's files aside and start again from step 0")
     else:
         step, streams, streams_stage = 0, None, -1
-        state = jax.jit(init, out_shardings=shardings)()
+        state = layout.init()
     if lead:
         guard.record_config(workdir, config.to_json_best_effort(indent=1), step)
 
@@ -246,8 +242,7 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
             if streams_stage != stage_index:
                 streams, streams_stage = make_streams(exp, stage_index), stage_index
             tasks = {t.name: t.spec for t in stage.tasks}
-            train_step = TrainStep(exp.model, exp.optim, exp.loss, tasks, mesh, rules, shardings,
-                                   stage_lrs)
+            train_step = TrainStep(exp.model, exp.optim, exp.loss, tasks, mesh, rules, layout)
             if lead:
                 bar.write(f"stage {stage_index + 1}/{len(exp.stages)} '{stage.name}': steps "
                           f"{start}..{start + stage.steps}, tasks {sorted(tasks)}; compiling "
@@ -406,24 +401,26 @@ def _check_finite(window: Window, run: int, limit: int, step: int, ckpt: Checkpo
     return run
 
 
-def optimizer(exp: Experiment):
-    """(optax transform, stage_lrs): one optimiser for the run, lr set per stage."""
-    starts = np.cumsum([0] + [s.steps for s in exp.stages])[:-1].tolist()
-    stage_lrs = tuple((start, s.lr or exp.optim.lr) for start, s in zip(starts, exp.stages))
-    return make_optimizer(exp.optim, stage_lrs), stage_lrs
+def local_layout(exp: Experiment, opt=None, seed: int = 0):
+    """The state layout of a run read or written outside training (sample, eval, export,
+    import): split FSDP-style over this process's devices, each holding 1/n of it."""
+    with warnings.catch_warnings():  # a dim the devices do not divide stays whole
+        warnings.simplefilter("ignore")
+        return state_layout(exp.model, make_mesh({"fsdp": -1}, devices=jax.local_devices()),
+                            get_rules("fsdp"), opt, seed)
 
 
 def load_run(workdir: str, step: int | None = None):
-    """(experiment, state) restored from a training workdir (latest or given step)."""
+    """(experiment, {step, params, ema}) restored from a training workdir (latest or given
+    step): only what sampling, eval and export read, not the optimiser state, sharded as
+    `local_layout`."""
     config = ml_collections.ConfigDict(json.loads(
         open(os.path.join(workdir, "config.json")).read()))
     exp = build(config, check_data=False)
-    tx, _ = optimizer(exp)
-    abstract = jax.eval_shape(lambda: init_state(exp.model, tx, int(config.seed)))
-    shardings = state_shardings(abstract, make_mesh({"data": -1}), get_rules("dp"))
+    layout = local_layout(exp)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=None, every=1)
-    restored = ckpt.restore_latest(abstract_state(abstract, shardings), lambda meta: None,
-                                   only_step=step, move_corrupt=False)
+    restored = ckpt.restore_latest(layout.target(), only_step=step, move_corrupt=False,
+                                   partial=True)
     ckpt.close()
     if restored is None:
         raise FileNotFoundError(f"no restorable checkpoint{'' if step is None else f' {step}'} "
@@ -436,10 +433,8 @@ def import_weights(config: ml_collections.ConfigDict, weights: str, workdir: str
     from lumina_jax.export import import_params
 
     exp = build(config, check_data=False)
-    tx, _ = optimizer(exp)
-    params = import_params(weights, exp.model)
-    state = jax.jit(lambda p: {**init_state(exp.model, tx, int(config.seed)), "params": p,
-                               "opt_state": tx.init(p), "ema": jax.tree.map(jnp.copy, p)})(params)
+    state = local_layout(exp, run_optimizer(exp), int(config.seed)).init(
+        import_params(weights, exp.model))
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=1))

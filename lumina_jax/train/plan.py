@@ -157,34 +157,20 @@ def state_bytes_per_device(model_cfg, optim_cfg, mesh_sizes: dict[str, int], rul
     import warnings
 
     import jax
-    from flax import nnx
     from jax.sharding import AbstractMesh, AxisType
 
     from lumina_jax.parallel.mesh import MESH_AXES
-    from lumina_jax.parallel.rules import logical_to_spec
-    from lumina_jax.train.state import init_state, make_optimizer
+    from lumina_jax.train.state import make_optimizer, state_layout
 
     mesh = AbstractMesh(tuple(mesh_sizes[a] for a in MESH_AXES), MESH_AXES,
                         axis_types=(AxisType.Auto,) * len(MESH_AXES))
-    abstract = jax.eval_shape(lambda: init_state(model_cfg, make_optimizer(optim_cfg), 0))
-
-    def nbytes(tree):
-        warnings.simplefilter("ignore")  # indivisible dims stay replicated (counted so)
-        total = 0
-        for var in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nnx.Variable)):
-            if isinstance(var, nnx.Variable):
-                axes = var.get_metadata().get("out_sharding") or (None,) * var.value.ndim
-                value = var.value
-            else:
-                axes, value = (None,) * var.ndim, var
-            spec = logical_to_spec(axes, value.shape, rules, mesh, where="plan")
-            shard = [d // axes_size(s, mesh_sizes)
-                     for d, s in zip(value.shape, tuple(spec) + (None,) * 8)]
-            total += math.prod(shard) * value.dtype.itemsize
-        return total
-
-    return {"params": nbytes(abstract["params"]), "optimizer": nbytes(abstract["opt_state"]),
-            "ema": nbytes(abstract["ema"])}
+    with warnings.catch_warnings():  # indivisible dims stay replicated (counted so)
+        warnings.simplefilter("ignore")
+        target = state_layout(model_cfg, mesh, rules, make_optimizer(optim_cfg)).target()
+    nbytes = lambda tree: sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize
+                              for a in jax.tree.leaves(tree))
+    return {"params": nbytes(target["params"]), "optimizer": nbytes(target["opt_state"]),
+            "ema": nbytes(target["ema"])}
 
 
 def activation_estimate(model_cfg, tasks: dict, n_batch_shards: int,
@@ -292,10 +278,9 @@ def _worker(job: dict) -> dict:
     import jax.numpy as jnp
 
     from lumina_jax.parallel import make_mesh
-    from lumina_jax.train.checkpoint import abstract_state
     from lumina_jax.train.config import build, load_config
-    from lumina_jax.train.loop import optimizer, rules_of
-    from lumina_jax.train.state import init_state, state_shardings
+    from lumina_jax.train.loop import rules_of
+    from lumina_jax.train.state import run_optimizer, state_layout
     from lumina_jax.train.step import TrainStep, batch_sharding
 
     warnings.simplefilter("ignore")
@@ -303,12 +288,10 @@ def _worker(job: dict) -> dict:
     exp = build(config, check_data=False)
     rules = rules_of(exp)
     mesh = make_mesh(job["mesh"])
-    tx, stage_lrs = optimizer(exp)
-    abstract = jax.eval_shape(lambda: init_state(exp.model, tx, 0))
-    shardings = state_shardings(abstract, mesh, rules)
+    layout = state_layout(exp.model, mesh, rules, run_optimizer(exp))
     stage = exp.stages[job["stage"]]
     specs = {t.name: t.spec for t in stage.tasks}
-    step = TrainStep(exp.model, exp.optim, exp.loss, specs, mesh, rules, shardings, stage_lrs)
+    step = TrainStep(exp.model, exp.optim, exp.loss, specs, mesh, rules, layout)
     tasks = stage_tasks(exp, job["stage"], exp.model.in_channels)
     sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype,
                                                     sharding=batch_sharding(mesh, rules, shape))
@@ -319,7 +302,7 @@ def _worker(job: dict) -> dict:
                       "motion_score": sds((t["batch"],), jnp.float32)}
                for name, t in tasks.items()}
     key = jax.eval_shape(lambda: jax.random.key(0))
-    compiles = step.compile(abstract_state(abstract, shardings), batches, key)
+    compiles = step.compile(layout.target(), batches, key)
     peak = step.peak_bytes()
     return {"argument": peak["state_and_grads"], "output": 0, "alias": 0,
             "temp": peak["peak"] - peak["state_and_grads"],

@@ -2,13 +2,19 @@
 
 The state is a dict pytree: `params` and `ema` are `nnx.State`s whose Variables keep the
 model's logical axis names, and optax's moments inherit them, so one rule table gives
-the sharding of everything (`state_shardings`).
+the sharding of everything (`state_shardings`). `state_layout` is the one place a run's
+state takes shape: the optimiser, the abstract state, every leaf's sharding; training,
+import, the plan and the readers (sample, eval, export: no optimiser state) all use it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -37,27 +43,41 @@ def lr_schedule(cfg: OptimConfig, stage_lrs: tuple[tuple[int, float], ...] = ())
     return lambda step: lrs[jnp.searchsorted(starts, step, side="right") - 1] * shape(step)
 
 
-def make_optimizer(cfg: OptimConfig, stage_lrs=()) -> optax.GradientTransformation:
-    return optax.chain(
+class Optimizer(NamedTuple):
+    tx: optax.GradientTransformation
+    lr: optax.Schedule  # the learning rate `tx` applies at a step (the train step logs it)
+
+
+def make_optimizer(cfg: OptimConfig, stage_lrs=()) -> Optimizer:
+    lr = lr_schedule(cfg, stage_lrs)
+    return Optimizer(optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm),
-        optax.adamw(lr_schedule(cfg, stage_lrs), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                    weight_decay=cfg.weight_decay),
-    )
+        optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),
+    ), lr)
+
+
+def run_optimizer(exp) -> Optimizer:
+    """The optimiser of an experiment (train.config.Experiment): lr set per stage."""
+    starts = np.cumsum([0] + [s.steps for s in exp.stages])[:-1].tolist()
+    return make_optimizer(exp.optim, tuple((start, s.lr or exp.optim.lr)
+                                           for start, s in zip(starts, exp.stages)))
 
 
 def model_graphdef(model_cfg: ModelConfig) -> nnx.GraphDef:
     return nnx.split(nnx.eval_shape(lambda: build_model(model_cfg)))[0]
 
 
-def init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int) -> dict:
-    params = nnx.state(build_model(model_cfg, seed), nnx.Param)
-    return {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "opt_state": tx.init(params),
-        "ema": jax.tree.map(jnp.copy, params),
-        "skipped_steps": jnp.zeros((), jnp.int32),
-    }
+def init_state(model_cfg: ModelConfig, opt: Optimizer | None = None, seed: int = 0,
+               params=None) -> dict:
+    """The state at step 0: fresh params (or `params`), EMA equal to them and, with an
+    optimiser, its state. Without one: step, params and EMA (what readers restore)."""
+    if params is None:
+        params = nnx.state(build_model(model_cfg, seed), nnx.Param)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params,
+             "ema": jax.tree.map(jnp.copy, params)}
+    if opt is not None:
+        state.update(opt_state=opt.tx.init(params), skipped_steps=jnp.zeros((), jnp.int32))
+    return state
 
 
 def state_shardings(abstract_state, mesh: Mesh, rules: Rules):
@@ -72,9 +92,32 @@ def state_shardings(abstract_state, mesh: Mesh, rules: Rules):
     return jax.tree.map(sharding, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def create_sharded_state(model_cfg: ModelConfig, tx, seed: int, mesh: Mesh, rules: Rules):
-    """(state, shardings): the state is initialised under jit straight into its shards, so
-    the full model never sits on one device."""
-    init = lambda: init_state(model_cfg, tx, seed)
-    shardings = state_shardings(jax.eval_shape(init), mesh, rules)
-    return jax.jit(init, out_shardings=shardings)(), shardings
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """A state before any array exists: its optimiser (None: a reader's state of step,
+    params and EMA), shapes (`abstract`, from jax.eval_shape) and leaf shardings."""
+    model: ModelConfig
+    opt: Optimizer | None
+    seed: int
+    abstract: dict
+    shardings: dict
+
+    def init(self, params=None) -> dict:
+        """The state at step 0 (with `params` instead of fresh ones), initialised under
+        jit straight into its shards, so the full model never sits on one device."""
+        return jax.jit(lambda p: init_state(self.model, self.opt, self.seed, p),
+                       out_shardings=self.shardings)(params)
+
+    def target(self) -> dict:
+        """ShapeDtypeStructs carrying the shardings: what a checkpoint restores into."""
+        return jax.tree.map(
+            lambda s, sub: jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), sub),
+            self.shardings, self.abstract)
+
+
+def state_layout(model_cfg: ModelConfig, mesh: Mesh, rules: Rules, opt: Optimizer | None,
+                 seed: int = 0) -> StateLayout:
+    """The layout of a state of `model_cfg` on `mesh` (any mesh, abstract ones too)."""
+    abstract = jax.eval_shape(lambda: init_state(model_cfg, opt, seed))
+    return StateLayout(model_cfg, opt, seed, abstract, state_shardings(abstract, mesh, rules))

@@ -34,7 +34,7 @@ from lumina_jax.diffusion.loss import PACKED_INPUTS, LossConfig, TaskSpec, task_
 from lumina_jax.model import ModelConfig, NextDiT, model_class, token_count
 from lumina_jax.model.flops import train_step_flops
 from lumina_jax.parallel.rules import Rules, activation_sharding, logical_to_spec
-from lumina_jax.train.state import OptimConfig, lr_schedule, make_optimizer, model_graphdef
+from lumina_jax.train.state import OptimConfig, StateLayout, model_graphdef
 
 
 def batch_keys(model_cfg: ModelConfig) -> tuple[str, ...]:
@@ -99,16 +99,15 @@ class TrainStep:
     """`step(state, batches, key) -> (state, metrics)`; compiles per new batch shape."""
 
     def __init__(self, model_cfg: ModelConfig, optim_cfg: OptimConfig, loss_cfg: LossConfig,
-                 tasks: Mapping[str, TaskSpec], mesh: Mesh, rules: Rules, state_shardings,
-                 stage_lrs=()):
+                 tasks: Mapping[str, TaskSpec], mesh: Mesh, rules: Rules, layout: StateLayout):
+        """`layout`: the state's shardings and the run's optimiser (state.state_layout)."""
         self.model_cfg, self.optim_cfg, self.loss_cfg = model_cfg, optim_cfg, loss_cfg
         self.tasks, self.mesh, self.rules = dict(tasks), mesh, rules
         self.order = sorted(self.tasks)  # task i draws its noise from fold_in(key, i)
         self.graphdef = model_graphdef(model_cfg)
-        self.tx = make_optimizer(optim_cfg, stage_lrs)
-        self.lr = lr_schedule(optim_cfg, stage_lrs)
-        self.state_shardings = state_shardings
-        params = state_shardings["params"]
+        self.tx, self.lr = layout.opt
+        self.state_shardings = layout.shardings
+        params = layout.shardings["params"]
         replicated = NamedSharding(mesh, PartitionSpec())
         self._zeros = jax.jit(lambda p: jax.tree.map(jnp.zeros_like, p),
                               in_shardings=(params,), out_shardings=params)
@@ -117,9 +116,9 @@ class TrainStep:
                                                              replicated),
                           out_shardings=(params, replicated), donate_argnums=1)
             for name in self.order}
-        self._update_jit = jax.jit(self._update, in_shardings=(state_shardings, params,
+        self._update_jit = jax.jit(self._update, in_shardings=(layout.shardings, params,
                                                                 replicated),
-                                   out_shardings=(state_shardings, replicated),
+                                   out_shardings=(layout.shardings, replicated),
                                    donate_argnums=0)
         self._executables: dict = {}
         self._param_bytes: int | None = None
