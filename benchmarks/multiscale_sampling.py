@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lumina_jax.diffusion import PRESETS, SampleSettings, nnx_velocity_fn, plan, sample
+from lumina_jax.diffusion import SAMPLER_PRESETS, SampleSettings, nnx_velocity_fn, euler_steps, sample
 from lumina_jax.model import NextDiT, get_preset, token_count
 
 PAPER = {"multiscale": 0.34, (2, 1): 1.00, (2, 2): 0.36, (4, 2): 0.07}
@@ -33,7 +33,7 @@ def tokens(shape, ps):
 
 
 def predicted_cost(settings, shape):
-    return sum(tokens(shape, s.patch_size) * (2 if s.cfg else 1) for s in plan(settings))
+    return sum(tokens(shape, s.patch_size) * (2 if s.cfg else 1) for s in euler_steps(settings))
 
 
 def timed(fn):
@@ -66,8 +66,8 @@ def main():
     cap_mask = jnp.ones((args.batch, args.cap_len), bool)
     neg = dict(neg_cap_feats=jax.random.normal(k[2], (1, args.cap_len, cfg.cap_feat_dim)),
                neg_cap_mask=jnp.ones((1, args.cap_len), bool))
-    single = dataclasses.replace(PRESETS[args.preset], num_steps=args.steps)
-    multi = dataclasses.replace(PRESETS[f"{args.preset}-multiscale"], num_steps=args.steps)
+    single = dataclasses.replace(SAMPLER_PRESETS[args.preset], num_steps=args.steps)
+    multi = dataclasses.replace(SAMPLER_PRESETS[f"{args.preset}-multiscale"], num_steps=args.steps)
     run = lambda st: sample(fn, noise, cap, cap_mask, st, params=params, progress=False, **neg)
 
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  model: {args.model} "
@@ -95,12 +95,12 @@ def main():
         t_multi = min(t_multi, timed(lambda: run(multi)))
     # The same ratio rebuilt from the per-step times above (a doubled batch counted as 2x):
     # a cross-check that is less sensitive to load changes during the long runs.
-    from_steps = lambda st: sum(step_s[s.patch_size] * (2 if s.cfg else 1) for s in plan(st))
-    counts = {ps: sum(s.patch_size == ps for s in plan(multi)) for ps in ((4, 2), (2, 2), (2, 1))}
+    from_steps = lambda st: sum(step_s[s.patch_size] * (2 if s.cfg else 1) for s in euler_steps(st))
+    counts = {ps: sum(s.patch_size == ps for s in euler_steps(multi)) for ps in ((4, 2), (2, 2), (2, 1))}
     predicted = predicted_cost(multi, shape) / predicted_cost(single, shape)
     print(f"\nwhole schedule ({args.steps} steps; multi-scale steps 2x4/2x2/1x2 = "
           f"{counts[(4, 2)]}/{counts[(2, 2)]}/{counts[(2, 1)]}; CFG steps "
-          f"{sum(bool(s.cfg) for s in plan(single))}):")
+          f"{sum(bool(s.cfg) for s in euler_steps(single))}):")
     print(f"  single-scale 1x2   {t_single:9.2f} s")
     print(f"  multi-scale        {t_multi:9.2f} s")
     print(f"  ratio multi/single {t_multi / t_single:9.3f}   token-count prediction "

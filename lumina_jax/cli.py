@@ -39,9 +39,9 @@ def _register_info(subparsers) -> None:
 
 
 def _preset_names() -> list[str]:
-    from lumina_jax.model.config import PRESETS
+    from lumina_jax.model.config import MODEL_PRESETS
 
-    return list(PRESETS)
+    return list(MODEL_PRESETS)
 
 
 def _run_info(args) -> int:
@@ -231,15 +231,15 @@ def _run_sample(args) -> int:
     import dataclasses
     import time
 
-    from lumina_jax.diffusion.sampler import PRESETS
+    from lumina_jax.diffusion.sampler import SAMPLER_PRESETS
     from lumina_jax.train import samples
     from lumina_jax.train.loop import sample_spec
 
     _check_ranges(args, step=(0, None), size=(1, None), num_steps=(1, None),
                   seed=(0, 2**31 - 1), cfg=(0, None), motion=(0, None))
-    if args.preset is not None and args.preset not in PRESETS:
+    if args.preset is not None and args.preset not in SAMPLER_PRESETS:
         raise UserError(f"--preset {args.preset}: no such sampler preset; choose one of "
-                        f"{', '.join(PRESETS)}")
+                        f"{', '.join(SAMPLER_PRESETS)}")
     if args.out is not None:
         _check_new_folder(args.out)
     exp, state = _load_run(args.checkpoint, args.step)
@@ -369,9 +369,9 @@ def _check_ranges(args, **ranges: tuple[float, float | None]) -> None:
 
 def _check_latent_size(spec) -> None:
     """UserError unless every patch size the sampler will use tiles the latent size."""
-    from lumina_jax.diffusion.sampler import plan
+    from lumina_jax.diffusion.sampler import euler_steps
 
-    for p, pf in sorted({s.patch_size for s in plan(spec.sample_settings())}):
+    for p, pf in sorted({s.patch_size for s in euler_steps(spec.sample_settings())}):
         if spec.height % p or spec.width % p or (spec.frames > 1 and spec.frames % pf):
             raise UserError(
                 f"latent size F H W = {spec.frames} {spec.height} {spec.width} does not fit "

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lumina_jax.diffusion import PRESETS, SampleSettings, guide, plan, sample, time_grid
+from lumina_jax.diffusion import SAMPLER_PRESETS, SampleSettings, guide, euler_steps, sample, time_grid
 
 MU, SIGMA = 2.0, 10.0  # data ~ N(MU, SIGMA^2) per element; noise ~ N(0, 1)
 
@@ -66,18 +66,18 @@ def test_time_grid_and_preset_switching_points():
     assert len(g) == 70 and g[0] == 0 and g[-1] == 1 and np.all(np.diff(g) > 0)
     np.testing.assert_allclose(g, np.linspace(0, 1, 70) / (np.linspace(0, 1, 70) * (1 - 24) + 24))
     for name, (a, b) in {"960px-multiscale": (0.03, 0.125), "512px-multiscale": (0.075, 0.3)}.items():
-        steps = plan(PRESETS[name])
+        steps = euler_steps(SAMPLER_PRESETS[name])
         ps = [s.patch_size for s in steps]
         for s in steps:
             want = (4, 2) if s.t < a else (2, 2) if s.t < b else (2, 1)
             assert s.patch_size == want
         assert ps[0] == (4, 2) and ps[-1] == (2, 1) and set(ps) == {(4, 2), (2, 2), (2, 1)}
         assert sum(s.dt for s in steps) == pytest.approx(1.0)
-    s960 = plan(PRESETS["960px"])
+    s960 = euler_steps(SAMPLER_PRESETS["960px"])
     assert all((s.cfg == 20.0) == (s.t < 0.2) and s.renorm == 2.0 and s.motion == 6.0
                and s.neg_motion == (2.0 if s.t < 0.05 else 6.0) for s in s960)
     assert all(s.cfg == (12.0 if s.t < 0.4 else 0.0) and s.renorm == -1.0
-               for s in plan(PRESETS["512px"]))
+               for s in euler_steps(SAMPLER_PRESETS["512px"]))
 
 
 def test_guide_cfg_and_renorm_arithmetic():
@@ -136,8 +136,8 @@ def test_cfg_zero_evaluates_model_once_per_step_and_compiles_once_per_patch_size
         return rec(x, t, cap_feats, cap_mask, motion_score, patch_size)
 
     B = 2
-    st = dataclass_replace(PRESETS["960px-multiscale"], num_steps=40)
-    steps = plan(st)
+    st = dataclass_replace(SAMPLER_PRESETS["960px-multiscale"], num_steps=40)
+    steps = euler_steps(st)
     args = (jnp.zeros((B, 1, 2, 4, 4)), *_cond(B))
     neg = dict(neg_cap_feats=jnp.zeros((1, 4, 3)), neg_cap_mask=jnp.ones((1, 4), bool))
     sample(fn, *args, st, progress=False, **neg)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from lumina_jax.diffusion import path
-from lumina_jax.diffusion.schedule import patch_size as _patch_size
+from lumina_jax.diffusion.schedule import parse_patch_size
 
 
 VIDEO_INPUTS = ("cap_feats", "cap_mask", "motion_score")
@@ -46,7 +46,7 @@ class TaskSpec:
     def __post_init__(self):
         if self.media not in MEDIA:
             raise ValueError(f"media must be one of {MEDIA}, got {self.media!r}")
-        object.__setattr__(self, "patch_size", _patch_size(self.patch_size))
+        object.__setattr__(self, "patch_size", parse_patch_size(self.patch_size))
 
 
 # Scale-aware shifts of the recipe: image 1x2 -> 1, video 1x2 / 2x2 / 2x4 -> 2 / 4 / 8.

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lumina_jax.diffusion.path import time_shift
-from lumina_jax.diffusion.schedule import parse_schedule, patch_size as _patch_size, value_at
+from lumina_jax.diffusion.schedule import parse_schedule, parse_patch_size, value_at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +41,7 @@ class SampleSettings:
     neg_motion: Any = 6.0
 
     def __post_init__(self):  # fail on a malformed schedule at construction
-        parse_schedule(self.patch_size, _patch_size)
+        parse_schedule(self.patch_size, parse_patch_size)
         for f in ("cfg", "renorm", "motion", "neg_motion"):
             parse_schedule(getattr(self, f), float)
 
@@ -51,7 +51,7 @@ _960 = dict(num_steps=69, shift=24.0, cfg=(20.0, (0.2, 0.0)), renorm=2.0, motion
 _512 = dict(num_steps=69, shift=8.0, cfg=(12.0, (0.4, 0.0)), renorm=-1.0, motion=6.0,
             neg_motion=(2.0, (0.05, 6.0)))
 # The published sampling configs (release names f24F96R960[-MultiScale], f16F64R512[-...]).
-PRESETS: dict[str, SampleSettings] = {
+SAMPLER_PRESETS: dict[str, SampleSettings] = {
     "960px": SampleSettings(patch_size="1x2", **_960),
     "960px-multiscale": SampleSettings(patch_size=("2x4", (0.03, "2x2"), (0.125, "1x2")), **_960),
     "512px": SampleSettings(patch_size="1x2", **_512),
@@ -74,10 +74,10 @@ def time_grid(num_steps: int, shift: float) -> np.ndarray:
     return time_shift(np.linspace(0.0, 1.0, num_steps + 1), shift)
 
 
-def plan(settings: SampleSettings) -> list[Step]:
+def euler_steps(settings: SampleSettings) -> list[Step]:
     """Every Euler step with its settings, resolved in Python (all static)."""
     ts = time_grid(settings.num_steps, settings.shift)
-    return [Step(float(t0), float(t1 - t0), value_at(settings.patch_size, t0, _patch_size),
+    return [Step(float(t0), float(t1 - t0), value_at(settings.patch_size, t0, parse_patch_size),
                  *(value_at(getattr(settings, f), t0, float)
                    for f in ("cfg", "renorm", "motion", "neg_motion")))
             for t0, t1 in zip(ts[:-1], ts[1:])]
@@ -145,12 +145,12 @@ def sample(velocity_fn: Callable[..., jax.Array], noise: jax.Array, cap_feats: j
 
     `cap_feats [B,L,D]`, `cap_mask [B,L]`: positive captions; `neg_cap_*` the negative
     ones (e.g. the system prompt with an empty prompt), needed only where cfg != 0.
-    `settings`: a SampleSettings or a PRESETS name. `motion [B]`: per-item positive motion
-    scores in place of settings.motion (e.g. one prompt at several motion scores).
+    `settings`: a SampleSettings or a SAMPLER_PRESETS name. `motion [B]`: per-item positive
+    motion scores in place of settings.motion (e.g. one prompt at several motion scores).
     """
     if isinstance(settings, str):
-        settings = PRESETS[settings]
-    steps = plan(settings)
+        settings = SAMPLER_PRESETS[settings]
+    steps = euler_steps(settings)
     if neg_cap_feats is None and any(s.cfg != 0 for s in steps):
         raise ValueError("cfg != 0 somewhere in the schedule needs neg_cap_feats / neg_cap_mask")
     fn = _NoParams(velocity_fn) if params is None else velocity_fn

@@ -45,7 +45,7 @@ def value_at(spec: Any, t: float, convert: Callable[[Any], Any] = lambda v: v):
     return value
 
 
-def patch_size(v: Any) -> tuple[int, int]:
+def parse_patch_size(v: Any) -> tuple[int, int]:
     """A patch size as (p, pF) from (p, pF) or a "pFxp" string (a model checks that it
     has the size: the video model's are PATCH_SIZES, V2A's its own)."""
     if isinstance(v, str):

@@ -1,6 +1,6 @@
 """Multi-scale Next-DiT (and Lumina-V2A) in Flax NNX."""
 
-from lumina_jax.model.config import PRESETS, ModelConfig, get_preset
+from lumina_jax.model.config import MODEL_PRESETS, ModelConfig, get_preset
 
 _NEXTDIT = ("NextDiT", "patchify", "token_count", "unpatchify")
 
@@ -39,5 +39,5 @@ def count_params(cfg: ModelConfig) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
 
-__all__ = ["PRESETS", "ModelConfig", "get_preset", "NextDiT", "build_model", "count_params",
+__all__ = ["MODEL_PRESETS", "ModelConfig", "get_preset", "NextDiT", "build_model", "count_params",
            "model_class", "patchify", "token_count", "unpatchify"]

@@ -125,7 +125,7 @@ class ModelConfig:
             bad("qk_norm", "only qk_norm=True (the published model) is implemented")
 
 
-PRESETS: dict[str, dict[str, Any]] = {
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # Published models (REFERENCE.md §1).
     "2B_GQA": dict(),
     "2B": dict(n_kv_heads=None),
@@ -149,6 +149,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def get_preset(name: str, **overrides) -> ModelConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-    return ModelConfig(**{**PRESETS[name], **overrides})
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+    return ModelConfig(**{**MODEL_PRESETS[name], **overrides})

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lumina_jax.diffusion.sampler import PRESETS, SampleSettings, nnx_velocity_fn, plan, sample
+from lumina_jax.diffusion.sampler import (SAMPLER_PRESETS, SampleSettings, euler_steps,
+                                          nnx_velocity_fn, sample)
 from lumina_jax.model import ModelConfig, NextDiT
 
 PREVIEW_SIDE = 256  # previews are enlarged (nearest neighbour) to at least this short side
@@ -43,11 +44,11 @@ class SampleSpec:
     system_prompt: str = ""      # prepended to every prompt, the negative one included
     negative_prompt: str = ""
     settings: dict = dataclasses.field(default_factory=dict)  # SampleSettings fields
-    preset: str = ""                                          # or a sampler PRESETS name
+    preset: str = ""                                          # or a SAMPLER_PRESETS name
 
     def sample_settings(self) -> SampleSettings:
         if self.preset:
-            return dataclasses.replace(PRESETS[self.preset], **self.settings)
+            return dataclasses.replace(SAMPLER_PRESETS[self.preset], **self.settings)
         return SampleSettings(**self.settings)
 
 
@@ -86,7 +87,7 @@ def generate_from_features(model_cfg: ModelConfig, params, feats, mask, shape, s
     the seed, settings and negative prompt."""
     settings = spec.sample_settings()
     neg = {}
-    if any(step.cfg != 0 for step in plan(settings)):
+    if any(step.cfg != 0 for step in euler_steps(settings)):
         nf, nm = encode_prompts([spec.system_prompt + spec.negative_prompt],
                                 spec.caption_encoder, spec.caption_encoder_path)
         neg = dict(neg_cap_feats=jnp.asarray(nf[0]), neg_cap_mask=jnp.asarray(nm[0]))
