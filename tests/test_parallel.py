@@ -15,7 +15,7 @@ from conftest import made_once, with_xla_flags
 from lumina_jax.diffusion.loss import DEFAULT_TASKS, LossConfig
 from lumina_jax.model import get_preset
 from lumina_jax.parallel import get_rules, logical_to_spec, make_mesh, resolve_axis_sizes
-from lumina_jax.train.state import OptimConfig, make_optimizer, state_layout
+from lumina_jax.train.state import OptimConfig, make_optimizer, skipped_steps, state_layout
 from lumina_jax.train.step import TrainStep, global_batch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -161,13 +161,15 @@ def test_non_finite_step_is_skipped_and_counted():
     batch = {"latents": rng.standard_normal((2, cfg.in_channels, 1, 8, 8), dtype=np.float32),
              "cap_feats": rng.standard_normal((2, 4, cfg.cap_feat_dim), dtype=np.float32),
              "cap_mask": np.ones((2, 4), bool), "motion_score": np.ones(2, np.float32)}
-    before = jax.tree.map(np.asarray, state["params"])
+    before = jax.tree.map(np.asarray, {k: state[k] for k in ("params", "ema")})
     bad = dict(batch, latents=np.full_like(batch["latents"], np.nan))
     state, metrics = step(state, {"image_1x2": global_batch(bad, mesh, rules)}, jax.random.key(0))
-    assert not bool(metrics["finite"]) and int(state["skipped_steps"]) == 1
-    assert int(state["step"]) == 1
-    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state["params"]), before)
+    assert not bool(metrics["finite"]) and int(skipped_steps(state)) == 1
+    assert int(state["step"]) == 1  # params and EMA untouched, the step counted
+    jax.tree.map(np.testing.assert_array_equal,
+                 jax.tree.map(np.asarray, {k: state[k] for k in ("params", "ema")}), before)
+    before = before["params"]
     state, metrics = step(state, {"image_1x2": global_batch(batch, mesh, rules)}, jax.random.key(0))
-    assert bool(metrics["finite"]) and int(state["skipped_steps"]) == 1
+    assert bool(metrics["finite"]) and int(skipped_steps(state)) == 1
     moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), state["params"], before)
     assert max(jax.tree.leaves(moved)) > 0

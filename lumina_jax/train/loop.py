@@ -30,7 +30,7 @@ from lumina_jax.train.checkpoint import Checkpointer, DataStreams
 from lumina_jax.train.config import ConfigError, Experiment, build, call_function
 from lumina_jax.train.evaluate import Evaluator, evaluator_lines
 from lumina_jax.train.metrics import MetricWriter, device_peak_flops
-from lumina_jax.train.state import model_graphdef, run_optimizer, state_layout
+from lumina_jax.train.state import model_graphdef, run_optimizer, skipped_steps, state_layout
 from lumina_jax.train.step import (TrainStep, batch_keys, enable_compilation_cache,
                                    global_batch)
 
@@ -296,7 +296,7 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
                     last = window.summary(peak)
                     last["skipped_clips"] = int(sum(b.get("num_skipped", 0)
                                                     for b in local.values()))
-                    last["skipped_steps"] = int(state["skipped_steps"])
+                    last["skipped_steps"] = int(skipped_steps(state))
                     last["stage"] = stage_index
                     last.update({f"shape/{n}": "x".join(map(str, b["latents"].shape))
                                  for n, b in local.items()})  # this step's buckets

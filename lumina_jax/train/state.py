@@ -48,12 +48,24 @@ class Optimizer(NamedTuple):
     lr: optax.Schedule  # the learning rate `tx` applies at a step (the train step logs it)
 
 
+# optax.apply_if_finite gives up skipping after this many non-finite steps in a row; the
+# loop's own limit (config.max_nonfinite_steps) stops the run instead, so never.
+NEVER = 2**31 - 1
+
+
 def make_optimizer(cfg: OptimConfig, stage_lrs=()) -> Optimizer:
+    """Clip, AdamW; a step whose gradient has an Inf or NaN changes nothing (its update is
+    zero, the moments are kept) and is counted in the state's `total_notfinite`."""
     lr = lr_schedule(cfg, stage_lrs)
-    return Optimizer(optax.chain(
+    return Optimizer(optax.apply_if_finite(optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm),
         optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),
-    ), lr)
+    ), NEVER), lr)
+
+
+def skipped_steps(state) -> jax.Array:
+    """How many steps of the run were skipped for a non-finite gradient."""
+    return state["opt_state"].total_notfinite
 
 
 def run_optimizer(exp) -> Optimizer:
@@ -76,7 +88,7 @@ def init_state(model_cfg: ModelConfig, opt: Optimizer | None = None, seed: int =
     state = {"step": jnp.zeros((), jnp.int32), "params": params,
              "ema": jax.tree.map(jnp.copy, params)}
     if opt is not None:
-        state.update(opt_state=opt.tx.init(params), skipped_steps=jnp.zeros((), jnp.int32))
+        state["opt_state"] = opt.tx.init(params)
     return state
 
 

@@ -11,10 +11,10 @@ A task with packed data (`data.packing`: several clips of any shape per row of a
 token budget) has one batch shape, so it compiles one gradient per stage.
 
 Explicit in/out shardings everywhere, the state and the accumulator donated, activation
-sharding rules active while tracing. A non-finite loss or gradient skips the update
-(counted in `skipped_steps`). Every compile is recorded in `compiles` (task, shapes,
-seconds); JAX's persistent compilation cache (`enable_compilation_cache`) makes a
-restart load them instead of compiling again.
+sharding rules active while tracing. A non-finite gradient skips the update (optax's
+apply_if_finite; counted by `state.skipped_steps`). Every compile is recorded in
+`compiles` (task, shapes, seconds); JAX's persistent compilation cache
+(`enable_compilation_cache`) makes a restart load them instead of compiling again.
 """
 
 from __future__ import annotations
@@ -147,22 +147,16 @@ class TrainStep:
     def _update(self, state, grads, losses):
         loss = sum(self.tasks[n].weight * losses[n] for n in self.order)
         grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # optax.apply_if_finite (state.make_optimizer) zeroes a non-finite step's update
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        finite = opt_state.last_finite
         params = optax.apply_updates(state["params"], updates)
         step = state["step"] + 1
-        refresh = step % self.optim_cfg.ema_every == 0
+        refresh = (step % self.optim_cfg.ema_every == 0) & finite
         decay = self.optim_cfg.ema_decay
         ema = jax.tree.map(lambda e, p: jnp.where(refresh, decay * e + (1 - decay) * p, e),
                            state["ema"], params)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        new_state = {
-            "step": step,
-            "params": keep(params, state["params"]),
-            "opt_state": keep(opt_state, state["opt_state"]),
-            "ema": keep(ema, state["ema"]),
-            "skipped_steps": state["skipped_steps"] + (~finite).astype(jnp.int32),
-        }
+        new_state = {"step": step, "params": params, "opt_state": opt_state, "ema": ema}
         return new_state, {"loss": loss, "grad_norm": grad_norm,
                            "lr": self.lr(state["step"]), "finite": finite}
 
