@@ -1,10 +1,13 @@
 """Suite-wide settings. Most of the suite's time is XLA:CPU compiling tiny models (every
-bucket shape of every task is a compile); cheaper LLVM codegen halves that without
-changing what is computed. Subprocesses inherit it (`with_xla_flags` adds more)."""
+bucket shape of every task is a compile); cheaper codegen cuts that to about a third
+without changing what is computed: LLVM at -O0 without its expensive passes, and XLA:CPU's
+classic elemental fusion emitters instead of the newer MLIR ones (which compile each fusion
+~2.5x slower on CPU). Subprocesses inherit it (`with_xla_flags` adds more)."""
 
 import os
 
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                "--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
 
@@ -60,3 +63,29 @@ def tiny_run(tmp_path_factory, worker_id, demo_data):
 
     folder = made_once(tmp_path_factory, worker_id, "tiny_run", make)
     return folder / "run", (folder / "output.txt").read_text()
+
+
+@pytest.fixture(scope="session")
+def mixed_footage(tmp_path_factory, worker_id):
+    """Real encoded footage of three aspect ratios, two durations, images and videos,
+    prepared at 16 px (multiple 8, 8 fps, at most 2 s); the prepared folder (made once)."""
+    from data_pipelines import footage, offline
+
+    def make(folder):
+        footage.make_footage(str(folder / "raw"))
+        offline.prepare(str(folder / "raw"), str(folder / "prepared"), resolution=16,
+                        multiple=8, fps=8.0, max_duration=2.0)
+
+    return made_once(tmp_path_factory, worker_id, "mixed_footage", make) / "prepared"
+
+
+# ---- order: long tests first, so no long test starts last while the other worker idles --
+
+SHARED_FIXTURES = ("demo_data", "eight_devices", "mixed_footage", "v2a_clips", "i3d")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:  # a test that needs a shared fixture waits for it (tens of seconds)
+        if any(f in item.fixturenames for f in SHARED_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable sort

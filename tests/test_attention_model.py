@@ -6,6 +6,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from lumina_jax.model import NextDiT, get_preset
@@ -35,6 +36,7 @@ def _loss_and_grads(impl):
     return float(value), jax.tree.leaves(nnx.state(grads))
 
 
+@pytest.mark.slow
 def test_tiny_model_same_loss_and_grads_with_pallas_as_xla():
     ref_loss, ref_grads = _loss_and_grads("xla")
     got_loss, got_grads = _loss_and_grads("pallas")

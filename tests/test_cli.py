@@ -5,6 +5,7 @@ import pytest
 from lumina_jax.cli import main
 
 
+@pytest.mark.slow
 def test_info_prints_counts_and_shapes_for_every_patch_size(capsys):
     assert main(["info", "--preset", "tiny", "--frames", "4", "--size", "8", "8",
                  "--forward"]) == 0

@@ -235,6 +235,7 @@ def test_hosts_share_bucket_sequence_and_split_clips(prepared):
     assert len(land) == 4 and not (paths[0] & paths[1] & land)
 
 
+@pytest.mark.slow
 def test_demo_dataset(tmp_path):
     path = demo.generate(str(tmp_path / "raw"))
     recs = manifest.read_manifest(path)

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from train_helpers import ROOT, TINY, per_step, train_cmd
+from train_helpers import NO_SAMPLES, ROOT, TINY, per_step, train_cmd
 
 from lumina_jax.errors import UserError
 from lumina_jax.train import guard
@@ -172,7 +172,7 @@ def test_a_resume_that_restores_nothing_refuses_and_restart_moves_the_run_aside(
     assert listing(workdir) == before and (workdir / "config.json").read_bytes() == config
 
     proc = run(workdir, demo_data, "--restart", "--config.stages.1.steps=1",
-               "--config.stages.2.steps=1")
+               "--config.stages.2.steps=1", NO_SAMPLES)
     moved = list(workdir.glob("before-restart-*"))
     assert len(moved) == 1 and "moved the earlier run's files" in proc.stdout
     assert sorted(p.name for p in (moved[0] / "checkpoints").iterdir()) == \
@@ -192,7 +192,7 @@ def test_flipped_bytes_fall_back_and_the_corrupt_step_is_moved_aside_and_saved_a
     raw = bytearray(biggest.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # same size: only the checksum can tell
     biggest.write_bytes(bytes(raw))
-    proc = run(workdir, demo_data, "--config.stages.2.steps=4")
+    proc = run(workdir, demo_data, "--config.stages.2.steps=4", NO_SAMPLES)
     out = proc.stdout + proc.stderr
     assert "checkpoint 10 failed to restore (OSError: checksum mismatch" in out
     assert "resumed from step 8" in out and "moved corrupt checkpoint 10 aside" in out
@@ -245,8 +245,8 @@ def test_ctrl_c_saves_like_sigterm(demo_data, tmp_path):
     assert not (tmp_path / guard.LOCK).exists()
 
 
-# One stage of the tiny curriculum (images, batch 4 = 2 per process), 6 steps: few
-# compiles, so the three two-process runs below stay short.
+# One stage of the tiny curriculum (images, batch 4 = 2 per process), 6 steps, no samples
+# at the end: few compiles, so the three two-process runs below stay short.
 ONE_STAGE = """
 from configs.demo import get_config as demo
 
@@ -255,6 +255,7 @@ def get_config(arg=None):
     c = demo("tiny")
     c.stages = c.stages[:1]
     c.stages[0].steps = 6
+    c.sample.prompts = []
     return c
 """
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import made_once, with_xla_flags
+from conftest import with_xla_flags
 from flax import nnx
 from train_helpers import COMPILE_CACHE
 
@@ -72,6 +72,7 @@ def model():
     return randomize(NextDiT(CFG, rngs=nnx.Rngs(0)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("patch_size", [(2, 1), (2, 2)])
 def test_packed_losses_and_gradients_equal_unpacked(model, patch_size):
     """Same clips, noise and t: per-clip losses and the gradient of their mean agree to
@@ -223,16 +224,10 @@ def test_a_clip_larger_than_a_row_is_an_error_naming_the_field():
 
 
 @pytest.fixture(scope="module")
-def footage(tmp_path_factory, worker_id):
-    """Real encoded footage of three aspect ratios, two durations, images and videos."""
-    from data_pipelines import footage, offline
-
-    def make(folder):
-        footage.make_footage(str(folder / "raw"))
-        offline.prepare(str(folder / "raw"), str(folder / "prepared"), resolution=16,
-                        multiple=8, fps=8.0, max_duration=2.0)
-
-    return made_once(tmp_path_factory, worker_id, "packing_footage", make) / "prepared"
+def footage(mixed_footage):
+    """Real encoded footage of three aspect ratios, two durations, images and videos
+    (conftest's session fixture, shared with tests/test_train_buckets.py)."""
+    return mixed_footage
 
 
 def footage_task(folder, media="video", patch_size=(2, 2), tokens=1024):
@@ -348,6 +343,7 @@ print("REPORT " + json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_a_packed_step_on_an_8_device_mesh_equals_one_device():
     """fsdp x tensor x sequence (Ulysses: segment ids gathered with the tokens) vs data=1."""
     script = MESH_SCRIPT.format(tests=str(ROOT / "tests"), cache=COMPILE_CACHE)

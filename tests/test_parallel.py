@@ -149,6 +149,7 @@ def test_logical_to_spec_uses_each_mesh_axis_once_and_keeps_indivisible_dims_who
     assert tuple(logical_to_spec(("embed",), (6,), rules, mesh)) == (None,)  # size-1 axes
 
 
+@pytest.mark.slow
 def test_non_finite_step_is_skipped_and_counted():
     cfg = get_preset("tiny")
     mesh, rules = make_mesh({"data": 1}, devices=jax.devices()[:1]), get_rules("dp")

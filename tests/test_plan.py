@@ -98,6 +98,7 @@ def test_bad_mesh_is_rejected(mesh, devices, message, capsys):
     assert "lumina-jax plan: error:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compiled_plan_on_two_fake_devices():
     """The real step compiled for 2 CPU devices (subprocess): the update's arguments hold
     the state and the gradient accumulator (fp32, sharded like the params)."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from lumina_jax.train.config import build, load_config
 
@@ -30,6 +31,7 @@ def test_the_recipe_config_and_its_miniature_build():
     assert full.stages[-1].tasks[1].data.max_frames == 96 and full.config.sample.frames == 24
 
 
+@pytest.mark.slow
 def test_runlocal_trains_all_four_stages_and_writes_decoded_samples(tmp_path):
     import imageio.v3 as iio
 

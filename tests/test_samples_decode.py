@@ -98,6 +98,7 @@ def gemma_spec(gemma, vae="", **kw):
                       latent_decoder="cogvideox", latent_decoder_path=vae, **kw)
 
 
+@pytest.mark.slow
 def test_gemma_captions_to_vae_frames_end_to_end(vae, gemma, tmp_path):
     from lumina_jax.model import get_preset
 

@@ -8,6 +8,8 @@ import pathlib
 
 import pytest
 
+from train_helpers import COMPILE_CACHE
+
 from lumina_jax import sweep
 from lumina_jax.train.config import ConfigError, load_config
 
@@ -65,16 +67,15 @@ def test_every_run_is_validated_before_any_starts(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_two_run_sweep_of_the_demo_config_and_its_summary(demo_data, tmp_path, monkeypatch,
-                                                          capsys):
+def test_two_run_sweep_of_the_demo_config_and_its_summary(demo_data, tmp_path, capsys):
     # Seeds differ only in runtime inputs, so run 2 reuses run 1's compiled step from the
-    # persistent cache (an XLA compile is most of a tiny run's time on CPU).
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    # suite's persistent cache (an XLA compile is most of a tiny run's time on CPU; the
+    # config's default cache is per workdir, so each run would compile its own).
     stage = load_config(CONFIG).stages[0].to_dict()  # the images stage, 2 steps
     stage["steps"] = 2
     base = [f"--config.data_dir={demo_data}", f"--config.stages={[stage]!r}",
-            "--config.sample.prompts=[]", "--config.checkpoint.every=2"]
+            "--config.sample.prompts=[]", "--config.checkpoint.every=2",
+            f"--config.compilation_cache_dir={COMPILE_CACHE}"]
     spec = write_sweep(tmp_path, {"grid": {"seed": [0, 1]}})
     root = tmp_path / "sweep"
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import with_xla_flags
-from train_helpers import ROOT, TINY, per_step, train_cmd
+from train_helpers import NO_SAMPLES, ROOT, TINY, per_step, train_cmd
 
 from lumina_jax.train.config import ConfigError, build, load_config
 
@@ -29,7 +29,7 @@ def run(workdir, demo_data, *overrides, env=None):
 
 def start_and_signal(workdir, demo_data, sig, after_step):
     """Start training, send `sig` once `after_step` steps are logged; return the process."""
-    proc = subprocess.Popen(train_cmd(workdir, demo_data), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(train_cmd(workdir, demo_data, NO_SAMPLES), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     deadline = time.time() + 300
     metrics = pathlib.Path(workdir) / "metrics.jsonl"
@@ -97,7 +97,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses_bitwise(
     partial = per_step(tmp_path)
     assert len(partial) < TOTAL_STEPS
     assert (tmp_path / "lock").exists()  # left behind by the killed trainer
-    out = run(tmp_path, demo_data)
+    out = run(tmp_path, demo_data, NO_SAMPLES)
     assert "removing the stale lock" in out and not (tmp_path / "lock").exists()
     resumed_from = int(out.split("resumed from step ")[1].split()[0])
     assert 2 <= resumed_from < TOTAL_STEPS  # it really resumed mid-way (stage 2)
@@ -114,7 +114,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resume_finishes(demo_data, tmp_pat
     assert proc.returncode == 0, out[-3000:]
     saved = int(out.split("SIGTERM: saved step ")[1].split(";")[0])
     assert saved < TOTAL_STEPS and (tmp_path / "checkpoints" / str(saved)).is_dir()
-    out = run(tmp_path, demo_data)
+    out = run(tmp_path, demo_data, NO_SAMPLES)
     assert f"resumed from step {saved}" in out
     assert max(per_step(tmp_path)) == TOTAL_STEPS
 
@@ -128,7 +128,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(uninterrupted, dem
     for f in latest.rglob("*"):
         if f.is_file() and f.stat().st_size > 0 and "ocdbt" in str(f):
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncate
-    out = run(workdir, demo_data, "--config.stages.2.steps=4")
+    out = run(workdir, demo_data, "--config.stages.2.steps=4", NO_SAMPLES)
     assert f"checkpoint {steps[-1]} failed to restore" in out
     assert f"resumed from step {steps[-2]}" in out
     assert max(per_step(workdir)) == TOTAL_STEPS + 1
@@ -140,7 +140,7 @@ def test_resume_onto_a_different_mesh_and_device_count(uninterrupted, demo_data,
     shutil.copytree(uninterrupted[0], workdir)
     env = with_xla_flags("--xla_force_host_platform_device_count=4")
     out = run(workdir, demo_data, "--config.stages.2.steps=4", "--config.mesh.data=1",
-              "--config.mesh.fsdp=-1", "--config.rules=fsdp", env=env)
+              "--config.mesh.fsdp=-1", "--config.rules=fsdp", NO_SAMPLES, env=env)
     assert f"resumed from step {TOTAL_STEPS}" in out
     records = per_step(workdir)
     assert max(records) == TOTAL_STEPS + 1 and records[TOTAL_STEPS + 1]["loss"] > 0

@@ -47,6 +47,7 @@ def _inputs(cfg, b=2, steps=16, mels=16, seed=0):
                 sync=jnp.asarray(rng.uniform(0, 1, (b, steps, cfg.sync_dim)), jnp.float32))
 
 
+@pytest.mark.slow
 def test_model_is_conditioned_on_frames_sync_and_text():
     cfg = get_preset("v2a_tiny")
     model = build_model(cfg, seed=1)

@@ -14,6 +14,11 @@ TINY = str(ROOT / "configs" / "demo.py") + ":tiny"
 COMPILE_CACHE = os.path.join(tempfile.gettempdir(), f"lumina-jax-test-cache-{os.getuid()}")
 
 
+# For runs whose test is not about samples: no sampling at the end (it loads the caption
+# encoder and compiles the sampler, seconds that such a test does not look at).
+NO_SAMPLES = "--config.sample.prompts=[]"
+
+
 def train_cmd(workdir, demo_data, *overrides, config=TINY):
     return [sys.executable, "-m", "lumina_jax.cli", "train", "--config", config,
             "--workdir", str(workdir), f"--config.data_dir={demo_data}",
