@@ -65,6 +65,7 @@ def one_line_error(proc, *words):
 
 def test_cadence_count_size_and_rate_fields_are_checked_before_compute():
     cases = {"checkpoint.keep=0": "checkpoint.keep", "checkpoint.every=0": "checkpoint.every",
+             "checkpoint.keep_every=-1": "checkpoint.keep_every",
              "log_every=0": "log_every", "optim.lr=0.0": "optim.lr",
              "max_nonfinite_steps=-1": "max_nonfinite_steps", "mesh.fsdp=0": "config.mesh",
              "mesh.tensor=-1": "config.mesh",
@@ -72,6 +73,27 @@ def test_cadence_count_size_and_rate_fields_are_checked_before_compute():
     for override, field in cases.items():
         with pytest.raises(ConfigError, match=field):
             build(load_config(TINY, ["--config." + override]), check_data=False)
+
+
+def test_orbax_saves_on_the_interval_and_keeps_the_latest_plus_milestones(tmp_path):
+    """every 2, keep 2, keep_every 4: steps 1..9 save 2, 4, 6, 8 and a forced 9; the
+    latest two (8, 9) and the milestone 4 stay; each kept step has its checksums and the
+    fallback still restores the newest."""
+    import jax.numpy as jnp
+
+    from lumina_jax.train.checkpoint import CHECKSUMS, Checkpointer
+
+    ckpt = Checkpointer(str(tmp_path), keep=2, every=2, async_save=False, keep_every=4)
+    saved = [s for s in range(1, 10)
+             if ckpt.save(s, {"w": jnp.full((3,), float(s))}, None, {"stage": -1},
+                          force=s == 9)]
+    assert not ckpt.save(9, {"w": jnp.zeros(3)}, None, {"stage": -1}, force=True)  # had it
+    ckpt.wait()
+    assert saved == [2, 4, 6, 8, 9] and ckpt.steps() == [4, 8, 9]
+    assert all((tmp_path / str(s) / CHECKSUMS).is_file() for s in (4, 8, 9))
+    step, state = ckpt.restore_latest({"w": jnp.zeros(3)})[:2]
+    assert step == 9 and float(state["w"][0]) == 9.0
+    ckpt.close()
 
 
 def test_checksums_catch_flipped_and_truncated_bytes(tmp_path):

@@ -125,22 +125,32 @@ def layout_problem(folder: Path, target, partial: bool = False) -> str | None:
 
 
 class Checkpointer:
-    def __init__(self, directory: str, keep: int | None, every: int, async_save: bool = True):
-        self.every = every
+    """Orbax saves every `every` steps and keeps the latest `keep` (None: all) plus, with
+    `keep_every` > 0, every step divisible by it for good; we add checksums and the
+    fallback past a corrupt step."""
+
+    def __init__(self, directory: str, keep: int | None, every: int, async_save: bool = True,
+                 keep_every: int = 0):
         self.directory = Path(os.path.abspath(directory))
+        keep_policies = [ocp.checkpoint_managers.preservation_policy.LatestN(keep)]
+        if keep_every:
+            keep_policies.append(
+                ocp.checkpoint_managers.preservation_policy.EveryNSteps(keep_every))
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep,
-                                                 enable_async_checkpointing=async_save))
+            options=ocp.CheckpointManagerOptions(
+                save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every),
+                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
+                    keep_policies),
+                enable_async_checkpointing=async_save))
         self._unsealed: list[int] = []  # saved steps whose checksums are not written yet
         self.failures: dict[int, str] = {}  # step -> why it did not restore (last restore)
 
     def save(self, step: int, state, streams: DataStreams | None, meta: dict,
              force: bool = False) -> bool:
-        """Save every `every` steps (or when forced); `streams=None` saves no data state."""
-        if not force and step % self.every:
-            return False
-        if step in self.manager.all_steps():
+        """Save if Orbax's interval says so (or when forced); `streams=None` saves no data
+        state. False if nothing was saved (off-interval, or this step is already saved)."""
+        if step in self.manager.all_steps() or not (force or self.manager.should_save(step)):
             return False
         self._seal()  # Orbax waits for the previous save here anyway
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}

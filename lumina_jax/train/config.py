@@ -76,7 +76,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "sequence": 1})
     c.dcn = ml_collections.ConfigDict()
     c.rules = "fsdp"
-    c.checkpoint = ml_collections.ConfigDict({"every": 100, "keep": 3, "async_save": True})
+    # Save every `every` steps; keep the latest `keep`, and with keep_every > 0 also every
+    # step divisible by it, for good (milestones for later evaluation or export).
+    c.checkpoint = ml_collections.ConfigDict({"every": 100, "keep": 3, "keep_every": 0,
+                                              "async_save": True})
     c.log_every = 10
     # Stop with an error after this many consecutive non-finite steps (0 = never; their
     # updates are skipped either way and counted in skipped_steps).
@@ -148,7 +151,12 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 
 
 def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
-    """Apply `--config.a.b=value` (or `a.b=value`); lists are indexed by number."""
+    """Apply `--config.a.b=value` (or `a.b=value`); lists are indexed by number.
+
+    Not ml_collections' config_flags: in 1.1.0 it refuses list fields (sample.prompts, the
+    stages list a sweep overrides whole), wants `stages[1].steps` instead of the
+    `stages.1.steps` our docs and sweeps use, and reports an unknown key as a bare
+    AttributeError; it also needs absl's global flag parsing in every command."""
     key, sep, raw = item.removeprefix("--").removeprefix("config.").partition("=")
     if not sep:
         raise ConfigError(f"override {item!r} must look like --config.a.b=value")
@@ -393,6 +401,7 @@ def _check_run_fields(c: dict, optim: OptimConfig, stages: list[Stage]) -> None:
     ckpt = c.get("checkpoint", {})
     whole("checkpoint.every", ckpt.get("every", 1), 1)
     whole("checkpoint.keep", ckpt.get("keep", 1), 1)
+    whole("checkpoint.keep_every", ckpt.get("keep_every", 0), 0)
     whole("log_every", c.get("log_every", 1), 1)
     whole("max_nonfinite_steps", c.get("max_nonfinite_steps", 0), 0)
     whole("sample.every", c.get("sample", {}).get("every", 0), 0)

@@ -178,7 +178,7 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("lumina_jax_workdir_ready")
     ckpt = Checkpointer(ckpt_dir, config.checkpoint.keep, config.checkpoint.every,
-                        config.checkpoint.async_save)
+                        config.checkpoint.async_save, config.checkpoint.get("keep_every", 0))
     restored = ckpt.restore_latest(
         layout.target(),
         lambda meta: make_streams(exp, meta["stage"]) if meta["stage"] >= 0 else None)
@@ -369,9 +369,11 @@ def run_header(exp: Experiment, workdir: str, mesh, step: int, spec) -> str:
         lines.append(f"  stage {i + 1} '{stage.name}' steps {start}..{start + stage.steps}: "
                      + "; ".join(tasks))
         start += stage.steps
-    every = c.checkpoint.every
+    every, keep_every = c.checkpoint.every, c.checkpoint.get("keep_every", 0)
+    milestones = f", and every {keep_every}th for good" if keep_every else ""
     lines.append(f"checkpoints: {os.path.join(workdir, 'checkpoints')} (every {every} steps, "
-                 f"keep {c.checkpoint.keep}); metrics: {os.path.join(workdir, 'metrics.jsonl')}"
+                 f"keep {c.checkpoint.keep}{milestones}); metrics: "
+                 f"{os.path.join(workdir, 'metrics.jsonl')}"
                  f" and {os.path.join(workdir, 'tensorboard')} (every {c.log_every} steps)")
     if spec:
         when = f"every {c.sample.every} steps and " if c.sample.every else ""
