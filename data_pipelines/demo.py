@@ -5,15 +5,16 @@ manifest, then prepared by the same code path as user data:
   natural    camera pans (4 directions x 2 speeds), zooms in/out and static shots over
              the photographs scikit-image ships (mp4 / h264), so motion scores span a
              range; stills of the same photographs (png).
-  synthetic  coloured shapes moving in 4 directions at 2 speeds on a dark background
-             (webm / vp9), e.g. "a red square moving left quickly"; still shapes (png).
+  synthetic  coloured shapes moving in 4 directions on a dark background (webm / vp9),
+             "slowly", "quickly" or with no speed word ("a red square moving left": any
+             speed, told by the motion score alone); still shapes (png).
              Each combination comes in `variants` clips at nearby random positions
              (POSITION_JITTER); `heldout` has one more per combination for validation,
              the judge and FVD.
 
 The design is chosen to be learnable and judged from pixels at 16 px: a shape is ~6/16
 of the frame wide (square, circle and triangle stay distinct after downsampling), and
-"quickly" crosses most of the free room over the clip ("slowly" ~40% of that), so the
+"quickly" crosses 65-100% of the free room over the clip ("slowly" 25-45%), so the
 motion is several pixels even at 16 px and 8 frames.
 """
 
@@ -43,8 +44,11 @@ COLORS = {
 SHAPES = ("square", "circle", "triangle")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SPEEDS = {"slowly": 1.5, "quickly": 3.0}  # natural pans: pixels per frame at 64 px
-# Shapes: fraction of the free room (frame minus shape) crossed over the clip.
-SHAPE_TRAVEL = {"slowly": 0.35, "quickly": 0.85}
+# Shapes: fraction of the free room (frame minus shape) crossed over the clip, drawn per
+# clip from its speed word's range, so the motion score tells the speed within a word.
+# Captions with no speed word ("a red square moving left") draw from the whole range: for
+# them only the motion score says how fast (the judge's motion-control prompts).
+SHAPE_TRAVEL = {"slowly": (0.25, 0.45), "quickly": (0.65, 1.0), "": (0.25, 1.0)}
 SHAPE_RADIUS = 3 / 16  # half-size as a fraction of the frame side
 # Random placement uses this share of the room the motion leaves (~1 px at 16 px): each
 # prompt then has nearly one clip, so a few minutes of training learns the words instead
@@ -99,12 +103,16 @@ def shape_clip(
     return out
 
 
-def demo_shape_clip(shape: str, color, direction: str, speed: str, size: int, frames: int,
-                    rng: np.random.Generator | None = None) -> np.ndarray:
-    """A synthetic demo clip: SHAPE_RADIUS shapes, SHAPE_TRAVEL speeds; `rng` jitters the
-    position within POSITION_JITTER of the room the motion leaves (None: centred)."""
+def demo_shape_clip(shape: str, color, direction: str | None, speed: str, size: int,
+                    frames: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """A synthetic demo clip: a SHAPE_RADIUS shape moving `direction` (None: still) over a
+    SHAPE_TRAVEL[speed] share of the room. `rng` draws the travel from that range and
+    jitters the position within POSITION_JITTER of the room the motion leaves (None: the
+    range's middle, centred)."""
     room = 1 - 2 * SHAPE_RADIUS - 2 / size  # free fraction of the frame (1 px margins)
-    travel = SHAPE_TRAVEL[speed] * room if direction else 0.0
+    low, high = SHAPE_TRAVEL[speed]
+    share = (low + high) / 2 if rng is None else rng.uniform(low, high)
+    travel = share * room if direction else 0.0
     speed_px = travel * 64 / max(frames - 1, 1)
     dx, dy = DIRECTIONS[direction or "left"]
     slack = np.array([room - travel * abs(dx), room - travel * abs(dy)]) / 2
@@ -208,8 +216,8 @@ def generate(folder: str, size: int = 64, frames: int = 16, fps: float = 8.0,
         for d, sp, i in itertools.product(DIRECTIONS, SHAPE_TRAVEL, copies):
             add(
                 "synthetic",
-                f"{cname}_{shape}_{d}_{sp}_{i}",
-                f"a {cname} {shape} moving {d} {sp}",
+                f"{cname}_{shape}_{d}_{sp or 'any'}_{i}",
+                f"a {cname} {shape} moving {d} {sp}".strip(),
                 demo_shape_clip(shape, color, d, sp, size, frames, rng),
                 ext=".webm",
             )

@@ -61,8 +61,11 @@ def test_parse_prompt():
         "colour": "red", "shape": "square", "direction": "left", "speed": "quickly"}
     assert J.parse_prompt(" A blue circle. ") == {
         "colour": "blue", "shape": "circle", "direction": None, "speed": None}
+    assert J.parse_prompt("a red square moving left") == {  # speed: the motion score's
+        "colour": "red", "shape": "square", "direction": "left", "speed": None}
     for bad in ("a purple square", "a red hexagon", "a red square moving sideways quickly",
-                "a red square moving left", "a photo of a cat, the camera pans left slowly", ""):
+                "a red square moving left fast", "a red square moving",
+                "a photo of a cat, the camera pans left slowly", ""):
         with pytest.raises(ValueError, match="not a demo shape prompt"):
             J.parse_prompt(bad)
 
@@ -181,8 +184,16 @@ def test_motion_control():
         J.motion_control([0.0, 1.0], [0.0])
 
 
-def test_measured_motion_orders_speeds():
-    clips = [demo.shape_clip("circle", demo.COLORS["blue"], "right", v, 32, 4)
-             for v in (0.0, 1.5, 3.0)]
+def test_measured_motion_orders_speeds_through_flicker():
+    """Shapes at 16 px moving 0, 0.5, 1 and 1.5 px per frame, with fresh noise in every
+    frame (the flicker of samples): the tracked speeds keep the order; noise alone is nan."""
+    rng = np.random.default_rng(0)
+    speeds = (0.0, 2.0, 4.0, 6.0)  # px per frame at 64 px
+    clips = [np.clip(demo.shape_clip("circle", demo.COLORS["blue"], "right", v, 16, 8,
+                                     radius=demo.SHAPE_RADIUS)
+                     + rng.normal(0, 12, (8, 16, 16, 3)), 0, 255).astype(np.uint8)
+             for v in speeds]
     measured = J.measured_motion(clips)
-    assert measured[0] < 0.05 and J.motion_control([0.0, 1.5, 3.0], measured) == 1.0
+    assert measured[0] < J.STILL and J.motion_control(speeds, measured) == 1.0, measured
+    noise = rng.integers(0, 255, (8, 16, 16, 3), dtype=np.uint8)
+    assert math.isnan(J.measured_motion([noise])[0])

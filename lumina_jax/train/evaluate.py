@@ -14,8 +14,9 @@ Optionally, from generated samples (the run's sampler settings, EMA weights, fix
   * `eval.judge = "demo"`: the embedded demo's prompt-adherence judge
     (data_pipelines/demo_judge.py): its 48 prompts sampled and scored from pixels for
     colour, shape, motion direction and quick-vs-slow speed, plus motion-score control
-    (a few prompts, each sampled at every motion score of `eval.judge_motion`: Spearman
-    between requested and measured motion per prompt, averaged). Written as
+    (a few prompts with no speed word, each sampled at every motion score of
+    `eval.judge_motion`: Spearman between the requested score and the shape's tracked
+    speed, per prompt, averaged). Written as
     `eval/judge/*`, with the samples' contact sheet in `<workdir>/eval/`.
   * `eval.fvd_clips = N > 0`: FVD (lumina_jax/evaluation/fvd.py, I3D) between N held-out
     real clips of `eval.fvd_source` (a prepared folder) and N clips generated from their
