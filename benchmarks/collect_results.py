@@ -142,7 +142,9 @@ def summary(outputs: dict[str, str]) -> list[str]:
     r = result(outputs.get("motion")).get("motion_score")
     if r:
         rows.append(f"| Motion score Spearman vs known pan speeds (new / old estimator) | "
-                    f"**{r['new']['pan_spearman']:.3f}** / {r['old']['pan_spearman']:.3f}; demo "
+                    f"**{r['new']['pan_spearman']:.3f}** / {r['old']['pan_spearman']:.3f}; "
+                    f"moving shapes, all speeds {r['new']['shape_spearman_all']:.3f} / "
+                    f"{r['old']['shape_spearman_all']:.3f}; demo "
                     f"32 px 'quickly' > 'slowly' in {r['new']['demo32_quickly_gt_slowly_pairs']}"
                     f" / {r['old']['demo32_quickly_gt_slowly_pairs']} pairs |")
     r = result(outputs.get("v2a_throughput"))
