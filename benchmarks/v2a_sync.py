@@ -70,14 +70,14 @@ def main() -> None:
     args = ap.parse_args()
 
     exp, state = load_run(args.checkpoint, args.step)
-    folder = args.heldout or os.path.join(exp.config.data_dir, "heldout")
+    folder = args.heldout or os.path.join(exp.run.data_dir, "heldout")
     meta, cond, real, examples = heldout(folder, args.clips)
     null = audio.get_text_encoder(meta["caption_encoder"], meta["caption_encoder_path"])
     ((null_feats, null_len),) = null.encode([""])
     neg = v2a.unconditional(cond, null_feats, null_len)
-    settings = v2a.V2ASettings(**{k: v for k, v in exp.config.to_dict().get("v2a", {}).items()
+    settings = v2a.V2ASettings(**{k: v for k, v in exp.v2a.items()
                                   if k in ("num_steps", "cfg", "seed")})
-    untrained = jax.jit(lambda: init_state(exp.model, seed=int(exp.config.seed))["ema"])()
+    untrained = jax.jit(lambda: init_state(exp.model, seed=exp.run.seed)["ema"])()
 
     def generate(params):
         out = []

@@ -246,7 +246,7 @@ def _run_sample(args) -> int:
     step = int(state["step"])
     print(f"checkpoint step {step} of {args.checkpoint}, "
           f"{'EMA' if args.weights == 'ema' else 'raw (non-EMA)'} weights")
-    spec = sample_spec(exp.config, exp, prompts=args.prompt)
+    spec = sample_spec(exp, prompts=args.prompt)
     if spec is None:
         raise UserError(f"{args.checkpoint}/config.json has no sample prompts; give --prompt")
     settings = dict(spec.settings)
@@ -274,7 +274,7 @@ def _run_sample(args) -> int:
             f"watch in a normal player)" if any(".preview." in n for n in written) else "")
     print(f"wrote {len(written)} files to {out}{note}:")
     print("\n".join(os.path.join(out, name) for name in written))
-    if exp.config.eval.get("judge") == "demo":
+    if exp.eval.judge == "demo":
         _print_demo_judge(frames, spec.prompts)
     return 0
 
@@ -316,6 +316,7 @@ def _register_eval(subparsers) -> None:
 
 
 def _run_eval(args) -> int:
+    import dataclasses
     import json
 
     from lumina_jax.train.evaluate import Evaluator, evaluator_lines
@@ -329,16 +330,17 @@ def _run_eval(args) -> int:
                         "a few hundred)")
     exp, state = _load_run(args.checkpoint, args.step)
     step = int(state["step"])
-    cfg = exp.config.eval.to_dict()
+    changes = {}
     if args.judge is not None:
-        cfg["judge"] = "" if args.judge == "none" else args.judge
+        changes["judge"] = "" if args.judge == "none" else args.judge
     if args.fvd is not None:
-        cfg["fvd_clips"] = args.fvd
+        changes["fvd_clips"] = args.fvd
     if args.fvd_source is not None:
-        cfg["fvd_source"] = args.fvd_source
+        changes["fvd_source"] = args.fvd_source
+    cfg = dataclasses.replace(exp.eval, **changes)
     out_dir = os.path.join(args.checkpoint, "eval")
     evaluator = Evaluator(exp, cfg, model_graphdef(exp.model), batch_keys(exp.model),
-                          eval_sample_spec(exp.config, exp, cfg), out_dir)
+                          eval_sample_spec(exp, cfg), out_dir)
     print(f"checkpoint step {step} of {args.checkpoint}, "
           f"{'EMA' if args.weights == 'ema' else 'raw (non-EMA)'} weights")
     values = evaluator(state[args.weights], exp.stages[-1], step)

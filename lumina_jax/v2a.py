@@ -188,7 +188,7 @@ def run(args) -> int:
     if not os.path.isfile(args.video):
         raise UserError(f"--video {args.video} is not a file")
     exp, state = _load_run(args.checkpoint, args.step)
-    defaults = exp.config.to_dict().get("v2a", {})
+    defaults = exp.v2a
     pick = lambda value, name, fallback: (value if value is not None
                                           else defaults.get(name, fallback))
     settings = V2ASettings(num_steps=pick(args.num_steps, "num_steps", 25),

@@ -28,7 +28,7 @@ def test_the_recipe_config_and_its_miniature_build():
         assert {s.name: s.weight for s in last["video_1x2"].data.sources} == {
             "natural": 0.9, "synthetic": 0.1}
     # 96 frames at 24 fps -> windows of 24 latents; samples are 24 latents too
-    assert full.stages[-1].tasks[1].data.max_frames == 96 and full.config.sample.frames == 24
+    assert full.stages[-1].tasks[1].data.max_frames == 96 and full.sample.frames == 24
 
 
 @pytest.mark.slow

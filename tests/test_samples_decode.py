@@ -145,11 +145,11 @@ def test_sample_spec_decodes_like_the_run_and_fills_data_dir():
     config = load_config(str(config_file), ["--config.data_dir=/data/x",
                                             "--config.sample.latent_decoder_path={data_dir}/vae"])
     exp = build(config, check_data=False)
-    spec = sample_spec(config, exp, prompts=["a boat"])
+    spec = sample_spec(exp, prompts=["a boat"])
     assert spec.latent_decoder == "cogvideox" and spec.latent_decoder_path == "/data/x/vae"
     assert spec.prompts == ("a boat",) and spec.caption_encoder_path == ""
     config.sample.prompts = []
-    assert sample_spec(config, exp) is None  # no prompts: no samples
+    assert sample_spec(build(config, check_data=False)) is None  # no prompts: no samples
 
 
 def test_each_sample_command_gets_a_new_folder(tmp_path):

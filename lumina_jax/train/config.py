@@ -4,7 +4,9 @@
 `load_config("configs/x.py:arg", ["--config.optim.lr=2e-4", ...])` imports the file,
 calls `get_config(arg)`, applies each override (type-checked against the existing value;
 an unknown key is an error) and returns a locked ConfigDict. `build(config)` turns it
-into the typed objects the trainer uses, so every mistake surfaces before any compute.
+into the typed Experiment everything downstream reads (model, optimiser, loss, stages
+with their data tasks, run settings, checkpointing, sampling, evaluation), so every
+mistake surfaces before any compute.
 
 Loading a config imports no JAX (only ml_collections and this module): the model, loss
 and mesh modules load inside `build`.
@@ -218,11 +220,56 @@ class Stage:
 
 
 @dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 100
+    keep: int = 3
+    keep_every: int = 0  # > 0: also keep every step divisible by it, for good
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """In-loop evaluation (train/evaluate.py); see default_config's comment."""
+    every: int = 0
+    t_values: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    batches: int = 2
+    sources: dict = dataclasses.field(default_factory=dict)  # task -> prepared folder
+    judge: str = ""
+    judge_motion: tuple[float, ...] = ()
+    fvd_clips: int = 0
+    fvd_source: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """How a run executes: seed, mesh and sharding rules, cadences, profiling, caches."""
+    seed: int
+    mesh: dict
+    dcn: dict
+    rules: Any                  # a RULE_PRESETS name or {logical axis: mesh axes}
+    log_every: int
+    max_nonfinite_steps: int
+    peak_flops_per_device: float
+    profile_steps: tuple[int, ...]
+    compilation_cache_dir: str  # may hold "{workdir}"
+    data_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
+    """Everything a run reads, typed. `config` is kept only to be written to the run's
+    config.json (and read back by `load_run`)."""
     model: ModelConfig
+    model_preset: str
     optim: OptimConfig
     loss: LossConfig
     stages: tuple[Stage, ...]
+    run: RunConfig
+    checkpoint: CheckpointConfig
+    sample: Any                 # samples.SampleSpec (prompts may be empty: no samples)
+    sample_every: int
+    eval: EvalConfig
+    v2a: dict                   # v2a.V2ASettings fields and the vocoder (V2A runs)
     config: ml_collections.ConfigDict
 
     @property
@@ -382,7 +429,55 @@ def build(config: ml_collections.ConfigDict, check_data: bool = True) -> Experim
     if not stages:
         raise ConfigError("config.stages is empty")
     _check_run_fields(c, optim, stages)
-    return Experiment(model, optim, loss, tuple(stages), config)
+    return Experiment(model, preset, optim, loss, tuple(stages), _run_config(c),
+                      _dataclass(CheckpointConfig, c.get("checkpoint", {}), "checkpoint"),
+                      _sample_spec(c, stages), int(c.get("sample", {}).get("every", 0)),
+                      _eval_config(c), dict(c.get("v2a", {})), config)
+
+
+def _run_config(c: dict) -> RunConfig:
+    profile = str(c.get("profile_steps", "") or "")
+    try:
+        steps = tuple(int(s) for s in profile.split(",")) if profile else ()
+    except ValueError:
+        raise ConfigError(f"config.profile_steps={profile!r}: give step numbers like "
+                          "'10,20'") from None
+    return RunConfig(seed=int(c.get("seed", 0)), mesh=dict(c["mesh"]),
+                     dcn=dict(c.get("dcn") or {}), rules=c["rules"],
+                     log_every=int(c.get("log_every", 10)),
+                     max_nonfinite_steps=int(c.get("max_nonfinite_steps", 0)),
+                     peak_flops_per_device=float(c.get("peak_flops_per_device", 0.0) or 0.0),
+                     profile_steps=steps,
+                     compilation_cache_dir=str(c.get("compilation_cache_dir", "")),
+                     data_dir=str(c.get("data_dir", "")))
+
+
+def _eval_config(c: dict) -> EvalConfig:
+    fields = dict(c.get("eval", {}))
+    data_dir = str(c.get("data_dir", ""))
+    fields["sources"] = {k: str(v).format(data_dir=data_dir)
+                         for k, v in (fields.get("sources") or {}).items()}
+    fields["fvd_source"] = str(fields.get("fvd_source", "")).format(data_dir=data_dir)
+    for name in ("t_values", "judge_motion"):
+        if name in fields:
+            fields[name] = tuple(float(v) for v in fields[name] or ())
+    return _dataclass(EvalConfig, fields, "eval")
+
+
+def _sample_spec(c: dict, stages: list[Stage]):
+    """config.sample as a samples.SampleSpec ("every" is the experiment's sample_every)."""
+    from lumina_jax.train.samples import SampleSpec
+
+    fields = dict(c.get("sample", {}))
+    fields.pop("every", None)
+    fields["prompts"] = tuple(fields.get("prompts") or ())
+    # No decoder named: decode like the latents the run ended on were encoded.
+    last_data = stages[-1].tasks[0].data  # (audio tasks have no latent encoder)
+    fields["latent_decoder"] = (fields.get("latent_decoder")
+                                or getattr(last_data, "latent_encoder", "identity"))
+    for name in ("latent_decoder_path", "caption_encoder_path"):
+        fields[name] = str(fields.get(name, "")).format(data_dir=c.get("data_dir", ""))
+    return _dataclass(SampleSpec, fields, "sample")
 
 
 def _check_run_fields(c: dict, optim: OptimConfig, stages: list[Stage]) -> None:

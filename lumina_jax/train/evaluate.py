@@ -61,10 +61,11 @@ class Evaluator:
     """Fixed batches per task (drawn on first use) and one jitted loss per task shape;
     the judge and FVD when configured (they need `spec`, the run's sampling spec)."""
 
-    def __init__(self, exp, eval_cfg: dict, graphdef, batch_keys, spec=None, out_dir: str = ""):
+    def __init__(self, exp, eval_cfg, graphdef, batch_keys, spec=None, out_dir: str = ""):
+        """`eval_cfg`: a config.EvalConfig (the run's `exp.eval`, or one with overrides)."""
         self.exp, self.cfg, self.graphdef, self.keys = exp, eval_cfg, graphdef, batch_keys
         self.spec, self.out_dir = spec, out_dir
-        self.ts = np.asarray(eval_cfg["t_values"], np.float32)
+        self.ts = np.asarray(eval_cfg.t_values, np.float32)
         self._batches: dict[str, list] = {}
         self._fn = jax.jit(self._losses, static_argnames=("patch_size",))
         self._fvd_real = None
@@ -87,24 +88,24 @@ class Evaluator:
         else:
             changes["motion_drop_prob"] = 0.0
         if folder:
-            folder = folder.format(data_dir=self.exp.config.data_dir)
+            folder = folder.format(data_dir=self.exp.run.data_dir)
             changes["sources"] = tuple(dataclasses.replace(s, path=folder)
                                        for s in data.sources[:1])
         return make_iterator(dataclasses.replace(data, **changes), 0, 1)
 
     def _draw(self, task) -> list:
-        it = self._iterator(task.data, (self.cfg.get("sources") or {}).get(task.name, ""))
+        it = self._iterator(task.data, self.cfg.sources.get(task.name, ""))
         return [{k: np.asarray(b[k]) for k in self.keys}
-                for b in itertools.islice(it, int(self.cfg["batches"]))]
+                for b in itertools.islice(it, self.cfg.batches)]
 
     def held_out(self, task_name: str) -> bool:
-        return task_name in (self.cfg.get("sources") or {})
+        return task_name in self.cfg.sources
 
     def __call__(self, params, stage, step: int = 0) -> dict:
         out = self.losses(params, stage)
-        if self.spec is not None and self.cfg.get("judge"):
+        if self.spec is not None and self.cfg.judge:
             out.update(self.judge(params, step))
-        if self.spec is not None and int(self.cfg.get("fvd_clips", 0)) > 0:
+        if self.spec is not None and self.cfg.fvd_clips > 0:
             out.update(self.fvd(params))
         return out
 
@@ -137,7 +138,7 @@ class Evaluator:
         frames = self._frames(params, prompts)
         scores = demo_judge.judge(frames, prompts)
         out = {f"eval/judge/{k}": float(scores[k]) for k in JUDGE_KEYS}
-        levels = [float(m) for m in self.cfg.get("judge_motion") or []]
+        levels = list(self.cfg.judge_motion)
         if len(levels) > 1:  # each prompt at every level: Spearman per prompt, then the mean
             n = len(demo_judge.MOTION_PROMPTS)
             moved = self._frames(params, list(demo_judge.MOTION_PROMPTS) * len(levels),
@@ -160,9 +161,9 @@ class Evaluator:
 
         task = next(t for s in self.exp.stages[::-1] for t in s.tasks if t.data.media == "video")
         if self._fvd_real is None:  # the real clips and their captions, drawn once
-            it = self._iterator(task.data, self.cfg.get("fvd_source", ""))
+            it = self._iterator(task.data, self.cfg.fvd_source)
             batches, n = [], 0
-            while n < int(self.cfg["fvd_clips"]):
+            while n < self.cfg.fvd_clips:
                 batches.append(next(it))
                 n += len(batches[-1]["latents"])
             self._fvd_real = batches
@@ -174,7 +175,7 @@ class Evaluator:
             fake.append(samples.decode(samples.generate_from_features(
                 self.exp.model, params, b["cap_feats"], b["cap_mask"], latents.shape[2:],
                 spec, progress=False), spec))
-        n = int(self.cfg["fvd_clips"])
+        n = self.cfg.fvd_clips
         real, fake = _clips(real)[:n], _clips(fake)[:n]
         return {"eval/fvd": float(fvd.fvd(real, fake))}
 

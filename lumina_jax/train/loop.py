@@ -27,7 +27,7 @@ from lumina_jax.parallel.distributed import maybe_initialize
 from lumina_jax.train import guard
 from lumina_jax.train import samples as sampling
 from lumina_jax.train.checkpoint import Checkpointer, DataStreams
-from lumina_jax.train.config import ConfigError, Experiment, build, call_function
+from lumina_jax.train.config import ConfigError, EvalConfig, Experiment, build, call_function
 from lumina_jax.train.evaluate import Evaluator, evaluator_lines
 from lumina_jax.train.metrics import MetricWriter, device_peak_flops
 from lumina_jax.train.state import model_graphdef, run_optimizer, skipped_steps, state_layout
@@ -60,32 +60,23 @@ def check_batch_sizes(exp: Experiment) -> None:
 
 
 def rules_of(exp: Experiment):
-    rules = exp.config.rules
-    return get_rules(rules if isinstance(rules, str) else rules.to_dict())
+    rules = exp.run.rules
+    return get_rules(rules if isinstance(rules, str) else dict(rules))
 
 
-def sample_spec(config: ml_collections.ConfigDict, exp: Experiment,
-                prompts=None) -> sampling.SampleSpec | None:
+def sample_spec(exp: Experiment, prompts=None) -> sampling.SampleSpec | None:
     """The run's sampling spec (config.sample); `prompts` replace the config's. None: no prompts."""
-    fields = config.sample.to_dict()
-    fields.pop("every", None)
-    fields["prompts"] = tuple(prompts or fields["prompts"])
-    if not fields["prompts"]:
-        return None
-    # No decoder named: decode like the latents the run ended on were encoded.
-    fields["latent_decoder"] = (fields.get("latent_decoder")
-                                or exp.stages[-1].tasks[0].data.latent_encoder)
-    for name in ("latent_decoder_path", "caption_encoder_path"):
-        fields[name] = str(fields.get(name, "")).format(data_dir=config.data_dir)
-    return sampling.SampleSpec(**fields)
+    prompts = tuple(prompts or exp.sample.prompts)
+    return dataclasses.replace(exp.sample, prompts=prompts) if prompts else None
 
 
-def eval_sample_spec(config: ml_collections.ConfigDict, exp: Experiment, eval_cfg: dict):
-    """The sampling spec the evaluator's judge and FVD (`eval_cfg`, config.eval's fields)
+def eval_sample_spec(exp: Experiment, eval_cfg: EvalConfig | None = None):
+    """The sampling spec the evaluator's judge and FVD (`eval_cfg`, default the run's)
     sample with; None when neither is on (V2A runs need none)."""
-    if not (eval_cfg.get("judge") or int(eval_cfg.get("fvd_clips", 0)) > 0):
+    eval_cfg = eval_cfg or exp.eval
+    if not (eval_cfg.judge or eval_cfg.fvd_clips > 0):
         return None
-    return sample_spec(config, exp, prompts=["(eval)"])
+    return sample_spec(exp, prompts=["(eval)"])
 
 
 class Window:
@@ -159,15 +150,16 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
     if config.prepare_data:
         call_function(config.prepare_data, config)
         exp = build(config)
-    if config.compilation_cache_dir:
-        enable_compilation_cache(config.compilation_cache_dir.format(workdir=workdir))
+    run = exp.run
+    if run.compilation_cache_dir:
+        enable_compilation_cache(run.compilation_cache_dir.format(workdir=workdir))
     try:
-        mesh = make_mesh(dict(config.mesh), dict(config.dcn) or None)
+        mesh = make_mesh(run.mesh, run.dcn or None)
     except ValueError as e:
         raise ConfigError(f"config.mesh: {e}") from None
     rules = rules_of(exp)
     check_batch_sizes(exp)
-    layout = state_layout(exp.model, mesh, rules, run_optimizer(exp), int(config.seed))
+    layout = state_layout(exp.model, mesh, rules, run_optimizer(exp), run.seed)
 
     keys = batch_keys(exp.model)
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -177,8 +169,8 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
         guard.probe_writable(ckpt_dir)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("lumina_jax_workdir_ready")
-    ckpt = Checkpointer(ckpt_dir, config.checkpoint.keep, config.checkpoint.every,
-                        config.checkpoint.async_save, config.checkpoint.get("keep_every", 0))
+    ckpt = Checkpointer(ckpt_dir, exp.checkpoint.keep, exp.checkpoint.every,
+                        exp.checkpoint.async_save, exp.checkpoint.keep_every)
     restored = ckpt.restore_latest(
         layout.target(),
         lambda meta: make_streams(exp, meta["stage"]) if meta["stage"] >= 0 else None)
@@ -206,14 +198,13 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
 
     writer = MetricWriter(workdir, start_step=step)
     # single process only, like sampling (the fixed batches are this host's arrays)
-    evaluator = (Evaluator(exp, config.eval.to_dict(), model_graphdef(exp.model), keys,
-                           eval_sample_spec(config, exp, config.eval.to_dict()),
-                           os.path.join(workdir, "eval"))
-                 if jax.process_count() == 1 and config.eval.every >= 0 else None)
-    peak = device_peak_flops(config.peak_flops_per_device)
-    spec = sample_spec(config, exp)
-    key = jax.random.key(int(config.seed))
-    profile = [int(s) for s in config.profile_steps.split(",")] if config.profile_steps else []
+    evaluator = (Evaluator(exp, exp.eval, model_graphdef(exp.model), keys,
+                           eval_sample_spec(exp), os.path.join(workdir, "eval"))
+                 if jax.process_count() == 1 and exp.eval.every >= 0 else None)
+    peak = device_peak_flops(run.peak_flops_per_device)
+    spec = sample_spec(exp)
+    key = jax.random.key(run.seed)
+    profile = list(run.profile_steps)
     last, nonfinite_run = {}, 0
     if lead:
         print(run_header(exp, workdir, mesh, step, spec), flush=True)
@@ -223,7 +214,7 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
     def save(force=False):
         if ckpt.save(step, state, streams, {"step": step, "stage": streams_stage},
                      force=force) and lead:
-            log(f"saved checkpoint {step} ({'async, ' if config.checkpoint.async_save else ''}"
+            log(f"saved checkpoint {step} ({'async, ' if exp.checkpoint.async_save else ''}"
                 f"{ckpt_dir}/{step})")
 
     def log(line: str) -> None:  # above the progress bar, not inside it
@@ -290,8 +281,8 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
                     batches, {n: b["padding"] for n, b in local.items() if "padding" in b})
                 bar.update(1)
                 stage_done = step == start + stage.steps
-                if itstime(step, config.log_every, start + stage.steps):
-                    nonfinite_run = _check_finite(window, nonfinite_run, config.max_nonfinite_steps,
+                if itstime(step, run.log_every, start + stage.steps):
+                    nonfinite_run = _check_finite(window, nonfinite_run, run.max_nonfinite_steps,
                                                   step, ckpt)
                     last = window.summary(peak)
                     last["skipped_clips"] = int(sum(b.get("num_skipped", 0)
@@ -313,9 +304,9 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
                     bar.set_postfix(task_loss=f"{last['loss']:.4f}", refresh=False)
                     window = Window()
                 save(force=step == exp.total_steps)  # the last step before its samples
-                if spec and itstime(step, config.sample.every, exp.total_steps):
+                if spec and itstime(step, exp.sample_every, exp.total_steps):
                     _write_samples(exp, state, spec, workdir, step, writer)
-                if evaluator and itstime(step, config.eval.every, exp.total_steps):
+                if evaluator and itstime(step, exp.eval.every, exp.total_steps):
                     _evaluate(evaluator, state, stage, step, writer, log)
                 if stop.agreed():
                     return stop_now(stop.name or "stop requested by another process")
@@ -343,15 +334,15 @@ def run_header(exp: Experiment, workdir: str, mesh, step: int, spec) -> str:
     """What a run is about to do and where everything goes, printed before step one."""
     from lumina_jax.model import count_params
 
-    c, m = exp.config, exp.model
+    m, run, ckpt = exp.model, exp.run, exp.checkpoint
     devices = jax.devices()
     lines = [
         f"run {workdir}: config {os.path.join(workdir, 'config.json')} (resolved; earlier "
         f"ones in config_history/)",
-        f"model: preset {c.model.preset} ({m.kind}), {count_params(m):,} parameters, dim "
+        f"model: preset {exp.model_preset} ({m.kind}), {count_params(m):,} parameters, dim "
         f"{m.dim}, {m.n_layers} layers, attention {m.attention_impl}, remat {m.remat}",
         f"devices: {len(devices)} x {devices[0].platform} in {jax.process_count()} "
-        f"process(es); mesh {dict(mesh.shape)}, rules {c.rules}",
+        f"process(es); mesh {dict(mesh.shape)}, rules {run.rules}",
         f"steps: {exp.total_steps} in {len(exp.stages)} stage(s)"
         + (f", resuming at step {step}" if step else ""),
     ]
@@ -369,14 +360,13 @@ def run_header(exp: Experiment, workdir: str, mesh, step: int, spec) -> str:
         lines.append(f"  stage {i + 1} '{stage.name}' steps {start}..{start + stage.steps}: "
                      + "; ".join(tasks))
         start += stage.steps
-    every, keep_every = c.checkpoint.every, c.checkpoint.get("keep_every", 0)
-    milestones = f", and every {keep_every}th for good" if keep_every else ""
-    lines.append(f"checkpoints: {os.path.join(workdir, 'checkpoints')} (every {every} steps, "
-                 f"keep {c.checkpoint.keep}{milestones}); metrics: "
+    milestones = f", and every {ckpt.keep_every}th for good" if ckpt.keep_every else ""
+    lines.append(f"checkpoints: {os.path.join(workdir, 'checkpoints')} (every {ckpt.every} "
+                 f"steps, keep {ckpt.keep}{milestones}); metrics: "
                  f"{os.path.join(workdir, 'metrics.jsonl')}"
-                 f" and {os.path.join(workdir, 'tensorboard')} (every {c.log_every} steps)")
+                 f" and {os.path.join(workdir, 'tensorboard')} (every {run.log_every} steps)")
     if spec:
-        when = f"every {c.sample.every} steps and " if c.sample.every else ""
+        when = f"every {exp.sample_every} steps and " if exp.sample_every else ""
         lines.append(f"samples: {os.path.join(workdir, 'samples')} ({when}at the end)")
     lines.append("progress: task_loss = mean loss over the stage's tasks (the log line has "
                  "each task's loss/<task>)")
@@ -435,7 +425,7 @@ def import_weights(config: ml_collections.ConfigDict, weights: str, workdir: str
     from lumina_jax.export import import_params
 
     exp = build(config, check_data=False)
-    state = local_layout(exp, run_optimizer(exp), int(config.seed)).init(
+    state = local_layout(exp, run_optimizer(exp), exp.run.seed).init(
         import_params(weights, exp.model))
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:

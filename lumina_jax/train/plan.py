@@ -363,7 +363,7 @@ def plan(args, emit=None) -> str:
         exp = build(config, check_data=False)
     except ConfigError as e:
         raise PlanError(str(e)) from None
-    sizes = parse_mesh(args.mesh) if args.mesh else {k: int(v) for k, v in config.mesh.items()}
+    sizes = parse_mesh(args.mesh) if args.mesh else {k: int(v) for k, v in exp.run.mesh.items()}
     mesh_sizes, n_dev = resolve_mesh(sizes, args.devices)
     rules = rules_of(exp)
     stages = range(len(exp.stages)) if not args.stage else [args.stage - 1]
@@ -375,7 +375,7 @@ def plan(args, emit=None) -> str:
              f"{c.kv_heads} kv), params {c.param_dtype}, compute {c.dtype}, remat {c.remat}; "
              f"mesh {', '.join(f'{a}={s}' for a, s in mesh_sizes.items() if s > 1) or 'single'}"
              f" ({n_dev} devices), rules "
-             f"{config.rules if isinstance(config.rules, str) else 'custom'}"]
+             f"{exp.run.rules if isinstance(exp.run.rules, str) else 'custom'}"]
     if emit:
         emit(lines[0])
     report = []
