@@ -306,10 +306,12 @@ def _ranks(v) -> np.ndarray:
 
 def motion_control(requested, measured) -> float:
     """Spearman rho between requested motion scores and the motion measured in the
-    samples (1.0: the control orders motion perfectly); nan if either is constant.
-    numpy, not scipy.stats: importing that takes seconds."""
+    samples (1.0: the control orders motion perfectly); nan if either is constant or a
+    measurement is missing (nan). numpy, not scipy.stats: importing that takes seconds."""
     if len(requested) != len(measured):
         raise ValueError(f"{len(requested)} requested but {len(measured)} measured")
+    if np.isnan(np.asarray(measured, np.float64)).any():
+        return math.nan
     a, b = _ranks(requested), _ranks(measured)
     if a.std() == 0 or b.std() == 0:
         return math.nan

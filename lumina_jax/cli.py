@@ -346,7 +346,7 @@ def _run_eval(args) -> int:
     values = evaluator(state[args.weights], exp.stages[-1], step)
     losses = ", ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in values.items()
                        if k.startswith("eval/loss/"))
-    print(f"validation loss (t = {', '.join(f'{t:g}' for t in cfg['t_values'])}): {losses}")
+    print(f"validation loss (t = {', '.join(f'{t:g}' for t in cfg.t_values)}): {losses}")
     for line in evaluator_lines(values):
         print(line)
     os.makedirs(out_dir, exist_ok=True)

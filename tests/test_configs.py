@@ -39,6 +39,27 @@ def test_config_builds(variant):
                for stage in exp.stages for task in stage.tasks)
 
 
+def test_build_types_every_section_the_run_reads():
+    """Run settings, checkpointing, evaluation and sampling come out of build() typed, with
+    "{data_dir}" substituted, so nothing downstream reads the ConfigDict."""
+    from lumina_jax.train.config import CheckpointConfig, ConfigError
+
+    demo = str(ROOT / "configs" / "demo.py")
+    exp = build(load_config(demo, ["--config.data_dir=/d", "--config.profile_steps=3,5",
+                                   "--config.checkpoint.keep_every=10",
+                                   "--config.sample.every=7", "--config.rules=fsdp"]),
+                check_data=False)
+    assert exp.model_preset == "demo" and exp.run.seed == 0 and exp.run.rules == "fsdp"
+    assert exp.run.profile_steps == (3, 5) and exp.run.data_dir == "/d"
+    assert exp.checkpoint == CheckpointConfig(every=50, keep=3, keep_every=10, async_save=True)
+    assert exp.eval.sources == {"video_2x4": "/d/heldout"}
+    assert exp.eval.judge == "demo" and exp.eval.judge_motion == (8.0, 16.0, 24.0, 32.0)
+    assert exp.sample.prompts[0] == "a red square moving left quickly" and exp.sample_every == 7
+    assert exp.sample.latent_decoder == "identity"  # the last stage's encoder
+    with pytest.raises(ConfigError, match="profile_steps"):
+        build(load_config(demo, ["--config.profile_steps=ten"]), check_data=False)
+
+
 def test_lumina_jax_and_data_pipelines_pass_ruff():
     """One style (pyproject's [tool.ruff]) across the package and the data pipelines."""
     import shutil

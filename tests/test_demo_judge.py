@@ -179,6 +179,7 @@ def test_motion_control():
     assert J.motion_control([0.0, 1.0, 2.0, 5.0], [0.1, 0.3, 0.4, 9.0]) == 1.0
     assert J.motion_control([0.0, 1.0, 2.0, 5.0], [3.0, 2.0, 1.0, 0.5]) == -1.0
     assert math.isnan(J.motion_control([1.0, 1.0], [0.0, 1.0]))
+    assert math.isnan(J.motion_control([1.0, 2.0, 3.0], [0.1, math.nan, 0.3]))  # not found
     assert J.motion_control([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(0.9486833)  # scipy
     with pytest.raises(ValueError):
         J.motion_control([0.0, 1.0], [0.0])
