@@ -144,8 +144,9 @@ class Evaluator:
             moved = self._frames(params, list(demo_judge.MOTION_PROMPTS) * len(levels),
                                  motion=np.repeat(levels, n))
             measured = demo_judge.measured_motion(moved)
-            out["eval/judge/motion_spearman"] = float(np.nanmean(
-                [demo_judge.motion_control(levels, measured[i::n]) for i in range(n)]))
+            rhos = [demo_judge.motion_control(levels, measured[i::n]) for i in range(n)]
+            rhos = [r for r in rhos if not np.isnan(r)]  # (a prompt's shape not found)
+            out["eval/judge/motion_spearman"] = float(np.mean(rhos)) if rhos else float("nan")
         if self.out_dir:
             import imageio.v3 as iio
 
