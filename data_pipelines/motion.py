@@ -79,13 +79,17 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return gx, gy
 
 
+def _local_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| per pixel (uint8 frames), box-averaged over _ERR_WINDOW."""
+    return cv2.blur(cv2.absdiff(a, b).astype(np.float32), (_ERR_WINDOW, _ERR_WINDOW))
+
+
 def _warp_error(a: np.ndarray, b: np.ndarray, flow: np.ndarray, grid) -> np.ndarray:
     gx, gy = grid
     warped = cv2.remap(
         b, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
-    err = np.abs(warped.astype(np.float32) - a.astype(np.float32))
-    return cv2.blur(err, (_ERR_WINDOW, _ERR_WINDOW))
+    return _local_error(a, warped)
 
 
 def pair_flow(a: np.ndarray, b: np.ndarray, preset: int = PRESET) -> np.ndarray:
@@ -115,8 +119,7 @@ def pair_flow(a: np.ndarray, b: np.ndarray, preset: int = PRESET) -> np.ndarray:
     # that spread shrinks once the object outruns its own size (demo shapes: scores fell
     # as travel grew past ~0.6 of the room; now monotone).
     # Only in mostly still scenes: in a camera pan, flat regions move with the rest.
-    still_err = cv2.blur(cv2.absdiff(a, b).astype(np.float32), (_ERR_WINDOW, _ERR_WINDOW))
-    still = still_err <= err + _STILL_MARGIN
+    still = _local_error(a, b) <= err + _STILL_MARGIN  # zero flow's error
     return np.where(still[..., None], 0.0, flow) if still.mean() >= 0.5 else flow
 
 
