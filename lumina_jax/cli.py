@@ -336,7 +336,7 @@ def _run_eval(args) -> int:
     if args.fvd is not None:
         changes["fvd_clips"] = args.fvd
     if args.fvd_source is not None:
-        changes["fvd_source"] = args.fvd_source
+        changes["fvd_source"] = args.fvd_source.format(data_dir=exp.run.data_dir)
     cfg = dataclasses.replace(exp.eval, **changes)
     out_dir = os.path.join(args.checkpoint, "eval")
     evaluator = Evaluator(exp, cfg, model_graphdef(exp.model), batch_keys(exp.model),

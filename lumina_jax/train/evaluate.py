@@ -76,7 +76,7 @@ class Evaluator:
 
     def _iterator(self, data, folder: str = ""):
         """The task's data drawn with a fixed seed and no condition dropout, from `folder`
-        (a prepared folder; "{data_dir}" substituted) if given."""
+        (a prepared folder, "{data_dir}" already substituted by build) if given."""
         from data_pipelines import make_iterator
 
         # unpacked: the fixed-t loss and FVD take whole clips
@@ -88,7 +88,6 @@ class Evaluator:
         else:
             changes["motion_drop_prob"] = 0.0
         if folder:
-            folder = folder.format(data_dir=self.exp.run.data_dir)
             changes["sources"] = tuple(dataclasses.replace(s, path=folder)
                                        for s in data.sources[:1])
         return make_iterator(dataclasses.replace(data, **changes), 0, 1)
