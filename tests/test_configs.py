@@ -58,6 +58,11 @@ def test_build_types_every_section_the_run_reads():
     assert exp.sample.latent_decoder == "identity"  # the last stage's encoder
     with pytest.raises(ConfigError, match="profile_steps"):
         build(load_config(demo, ["--config.profile_steps=ten"]), check_data=False)
+    # the launch settings, applied before JAX's backend starts, come from build() too
+    run = build(load_config(str(ROOT / "configs" / "lumina_video_2b.py") + ":runlocal"),
+                check_data=False).run
+    assert run.cpu_devices == 4 and "--xla_backend_optimization_level=0" in run.xla_flags
+    assert run.prepare_data == "data_pipelines.miniature:prepare_for_config"
 
 
 def test_lumina_jax_and_data_pipelines_pass_ruff():

@@ -253,6 +253,9 @@ class RunConfig:
     profile_steps: tuple[int, ...]
     compilation_cache_dir: str  # may hold "{workdir}"
     data_dir: str
+    prepare_data: str           # "module:function" that makes missing data, or ""
+    cpu_devices: int            # these two act only if applied before JAX's backend starts
+    xla_flags: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,7 +384,8 @@ def _check_prepared_dims(task, model: ModelConfig, where: str) -> None:
 def build(config: ml_collections.ConfigDict, check_data: bool = True) -> Experiment:
     """Validate the whole config and build typed objects (no JAX computation).
 
-    `check_data=False` skips the data paths (for planning a run on another machine).
+    `check_data=False` skips the data paths (for planning a run on another machine, or
+    before `prepare_data` has made them).
     """
     from lumina_jax.diffusion.loss import LossConfig, TaskSpec
     from lumina_jax.parallel import RULE_PRESETS
@@ -449,7 +453,10 @@ def _run_config(c: dict) -> RunConfig:
                      peak_flops_per_device=float(c.get("peak_flops_per_device", 0.0) or 0.0),
                      profile_steps=steps,
                      compilation_cache_dir=str(c.get("compilation_cache_dir", "")),
-                     data_dir=str(c.get("data_dir", "")))
+                     data_dir=str(c.get("data_dir", "")),
+                     prepare_data=str(c.get("prepare_data", "")),
+                     cpu_devices=int(c.get("cpu_devices", 0)),
+                     xla_flags=str(c.get("xla_flags", "")))
 
 
 def _eval_config(c: dict) -> EvalConfig:

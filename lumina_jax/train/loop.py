@@ -118,11 +118,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, restart: bool = False
     """Train (or resume) the run in `workdir`. `restart` moves an earlier run's checkpoints,
     metrics and samples aside to `before-restart-<time>/` and starts from step 0."""
     config.data_dir = config.data_dir.format(workdir=workdir)
-    if config.cpu_devices:  # before the backend starts; affects only the CPU platform
-        jax.config.update("jax_num_cpu_devices", int(config.cpu_devices))
-    if config.xla_flags:  # read when the backend starts, which has not happened yet
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {config.xla_flags}".strip()
-    exp = build(config, check_data=not config.prepare_data)  # config errors before anything
+    exp = build(config, check_data=False)  # config errors before anything
+    if exp.run.cpu_devices:  # before the backend starts; affects only the CPU platform
+        jax.config.update("jax_num_cpu_devices", exp.run.cpu_devices)
+    if exp.run.xla_flags:  # read when the backend starts, which has not happened yet
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {exp.run.xla_flags}".strip()
+    if not exp.run.prepare_data:  # (else checked once prepared)
+        exp = build(config)
     maybe_initialize()
     lead = jax.process_index() == 0
     lock = guard.WorkdirLock(workdir)
@@ -147,8 +149,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, restart: bool = False
 
 def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
            stop: guard.StopRequests) -> dict:
-    if config.prepare_data:
-        call_function(config.prepare_data, config)
+    if exp.run.prepare_data:  # the hook reads the config's data sections
+        call_function(exp.run.prepare_data, config)
         exp = build(config)
     run = exp.run
     if run.compilation_cache_dir:
