@@ -3,9 +3,9 @@
 Streaming choice: the safetensors library only writes a complete in-memory dict, so we
 write the (simple, documented) format ourselves: the header is known up front from the
 layout (every tensor fp32), then each tensor is exported and written on its own. The
-.pth is built afterwards from a copy-on-write memory map of that safetensors file, so
-its tensors are file-backed pages, not a second copy in RAM. Reading memory-maps the
-file too and copies one tensor at a time into the stacked parameter arrays.
+.pth is built afterwards from the safetensors library's memory map of that file, so its
+tensors are file-backed pages, not a second copy in RAM. Reading takes one tensor at a
+time into the stacked parameter arrays.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from lumina_jax.model.config import ModelConfig
 CONSOLIDATED = "consolidated.00-of-01"
 CONSOLIDATED_EMA = "consolidated_ema.00-of-01"
 STEMS = {"ema": CONSOLIDATED_EMA, "params": CONSOLIDATED}  # which weights -> file stem
-_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bfloat16",
-              "I64": np.int64, "I32": np.int32}
 
 
 def _have_torch() -> bool:
@@ -69,45 +67,18 @@ def write_safetensors(path: str, shapes: dict[str, tuple[int, ...]],
     os.replace(tmp, path)
 
 
-def read_safetensors(path: str, mode: str = "r"):
-    """Header shapes and a per-tensor getter backed by a memory map (keys as in the file)."""
-    n, header = _safetensors_header(path)
-    mm = np.memmap(path, dtype=np.uint8, mode=mode)
-    base = 8 + n
+def read_safetensors(path: str, framework: str = "numpy"):
+    """Header shapes and a per-tensor getter (keys in file order). The library reads
+    each tensor on request ("pt": a view of its memory map, not a copy)."""
+    from safetensors import SafetensorError, safe_open
 
-    def get(name):
-        info = header[name]
-        dtype = _ST_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        if dtype == "bfloat16":
-            import ml_dtypes  # a jax dependency
-            dtype = ml_dtypes.bfloat16
-        start, end = info["data_offsets"]
-        return mm[base + start:base + end].view(dtype).reshape(info["shape"])
-
-    return {k: tuple(v["shape"]) for k, v in header.items()}, get
-
-
-def _safetensors_header(path: str) -> tuple[int, dict]:
-    """(header length, header without metadata); WeightsError unless the file is a
-    complete safetensors file (a parsable header and every tensor's bytes present)."""
-    size = os.path.getsize(path)
     try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if 8 + n > size:
-                raise ValueError(f"a header of {n} bytes in a file of {size}")
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
-    except (struct.error, ValueError, AttributeError, KeyError, TypeError, IndexError) as e:
-        raise WeightsError(f"{path} is not a safetensors file, or is truncated (bad header: "
-                           f"{e}); copy or export it again") from None
-    if 8 + n + end > size:
-        raise WeightsError(f"{path} is truncated: its header announces {8 + n + end} bytes, "
-                           f"the file has {size}; copy or export it again")
-    return n, header
+        f = safe_open(path, framework=framework)
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.offset_keys()}
+    except SafetensorError as e:
+        raise WeightsError(f"{path} is not a safetensors file, or is truncated ({e}); copy "
+                           f"or export it again") from None
+    return shapes, f.get_tensor
 
 
 def read_pth(path: str) -> tuple[dict[str, tuple[int, ...]], Callable[[str], np.ndarray]]:
@@ -150,10 +121,9 @@ def read_state_dict(path: str):
 def _write_pth_from_safetensors(st_path: str, pth_path: str) -> None:
     import torch
 
-    # mode "c": writable (torch.from_numpy wants that) but private, so nothing is ever
-    # written back; the tensors stay file-backed pages instead of a copy in RAM.
-    shapes, get = read_safetensors(st_path, mode="c")
-    sd = {name: torch.from_numpy(get(name)) for name in shapes}
+    # memory-mapped tensors: file-backed pages, not a second copy of the weights in RAM
+    shapes, get = read_safetensors(st_path, framework="pt")
+    sd = {name: get(name) for name in shapes}
     tmp = pth_path + ".tmp"
     torch.save(sd, tmp)
     os.replace(tmp, pth_path)
