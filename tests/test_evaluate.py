@@ -62,3 +62,32 @@ def test_evaluator_lines_name_every_figure():
                      "control Spearman 0.80; no shape found in 2")
     assert fvd == "FVD 123.4"
     assert evaluator_lines({"eval/loss/video": 0.1}) == []
+
+
+def test_motion_control_samples_each_prompt_with_one_noise_at_every_level(monkeypatch):
+    """Only the requested score may differ between a prompt's samples: each judge prompt
+    keeps its seed at every motion level (else the noise alone changes the speed)."""
+    from data_pipelines import demo_judge
+    from lumina_jax.train import samples
+    from lumina_jax.train.config import build, load_config
+    from lumina_jax.train.evaluate import Evaluator
+    from lumina_jax.train.loop import eval_sample_spec
+
+    exp = build(load_config(str(ROOT / "configs" / "demo.py")), check_data=False)
+    calls = []  # (prompt, motion, seed) of every motion-control sample
+
+    def fake_generate(model_cfg, params, spec, progress=True, motion=None):
+        if motion is not None:
+            calls.extend((p, float(m), spec.seed + i)
+                         for i, (p, m) in enumerate(zip(spec.prompts, motion)))
+        return np.zeros((len(spec.prompts), 3, spec.frames, spec.height, spec.width), np.float32)
+
+    monkeypatch.setattr(samples, "generate", fake_generate)
+    out = Evaluator(exp, exp.eval, None, None, eval_sample_spec(exp)).judge(None, 0)
+    assert np.isnan(out["eval/judge/motion_spearman"])  # blank samples: no shape found
+    levels = exp.eval.judge_motion
+    assert len(calls) == len(levels) * len(demo_judge.MOTION_PROMPTS)
+    for prompt in demo_judge.MOTION_PROMPTS:
+        mine = [(m, seed) for p, m, seed in calls if p == prompt]
+        assert sorted(m for m, _ in mine) == sorted(levels)
+        assert len({seed for _, seed in mine}) == 1, (prompt, mine)

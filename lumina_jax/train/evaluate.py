@@ -139,9 +139,11 @@ class Evaluator:
         out = {f"eval/judge/{k}": float(scores[k]) for k in JUDGE_KEYS}
         levels = list(self.cfg.judge_motion)
         if len(levels) > 1:  # each prompt at every level: Spearman per prompt, then the mean
+            # One call per level: a prompt keeps its noise at every level, so only the
+            # score differs between its samples.
             n = len(demo_judge.MOTION_PROMPTS)
-            moved = self._frames(params, list(demo_judge.MOTION_PROMPTS) * len(levels),
-                                 motion=np.repeat(levels, n))
+            moved = np.concatenate([self._frames(params, demo_judge.MOTION_PROMPTS,
+                                                 motion=np.full(n, level)) for level in levels])
             measured = demo_judge.measured_motion(moved)
             rhos = [demo_judge.motion_control(levels, measured[i::n]) for i in range(n)]
             rhos = [r for r in rhos if not np.isnan(r)]  # (a prompt's shape not found)
