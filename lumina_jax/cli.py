@@ -212,7 +212,9 @@ def _register_sample(subparsers) -> None:
     p.add_argument("--system-prompt", default=None,
                    help="prepended to every prompt and the negative one (default: the run's)")
     p.add_argument("--negative-prompt", default=None,
-                   help="what CFG steers away from (default: the run's)")
+                   help="what CFG steers away from (default: the run's); '{prompt}': each "
+                        "prompt itself, so CFG steers only by motion score (motion guidance, "
+                        "away from the run's neg_motion)")
     p.add_argument("--num-steps", type=int, default=None,
                    help="Euler steps (default: the run's)")
     p.add_argument("--cfg", type=float, default=None,

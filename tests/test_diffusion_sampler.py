@@ -122,6 +122,26 @@ def test_sample_cfg_renorm_motion_end_to_end_one_step():
     assert log == [(4, (2, 1))]  # one doubled-batch call
 
 
+def test_motion_only_guidance_amplifies_just_the_motion_score():
+    log = []
+    cap = jnp.asarray([1.0, 5.0]).reshape(2, 1, 1) * jnp.ones((2, 4, 3))  # differing captions
+    mask, x0 = jnp.ones((2, 4), bool), jnp.zeros((2, 1, 1, 2, 2))
+    st = SampleSettings(num_steps=1, shift=1.0, cfg=3.0, motion=2.0, neg_motion=0.5)
+    x = sample(_recording_fn(log), x0, cap, mask, st, motion_only=True, progress=False)
+    # each item's own caption c in both branches: (c + 2) + 3 * (2 - 0.5) = c + 6.5
+    np.testing.assert_allclose(x[:, 0, 0, 0, 0], [7.5, 11.5])
+    assert log == [(4, (2, 1))]
+    # equal scores make the branches identical: one plain call, unguided result
+    log.clear()
+    x = sample(_recording_fn(log), x0, cap, mask, dataclass_replace(st, neg_motion=2.0),
+               motion_only=True, progress=False)
+    np.testing.assert_allclose(x[:, 0, 0, 0, 0], [3.0, 7.0])
+    assert log == [(2, (2, 1))]
+    with pytest.raises(ValueError, match="motion_only"):
+        sample(_recording_fn([]), x0, cap, mask, st, motion_only=True, neg_cap_feats=cap,
+               neg_cap_mask=mask, progress=False)
+
+
 def dataclass_replace(obj, **kw):
     import dataclasses
     return dataclasses.replace(obj, **kw)

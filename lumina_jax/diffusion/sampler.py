@@ -109,9 +109,9 @@ class _NoParams:
 # negative branch only when it is needed. The Python loop around it costs microseconds
 # per step against a model call of milliseconds to seconds, buys a progress bar, and
 # keeps the code plainer than lax loops over constant segments.
-@functools.partial(jax.jit, static_argnames=("velocity_fn", "patch_size"))
+@functools.partial(jax.jit, static_argnames=("velocity_fn", "patch_size", "motion_only"))
 def _euler_step(velocity_fn, params, x, t, dt, cfg, renorm, motion, neg_motion,
-                cap, cap_mask, neg_cap, neg_cap_mask, *, patch_size):
+                cap, cap_mask, neg_cap, neg_cap_mask, *, patch_size, motion_only=False):
     B = x.shape[0]
     tb = jnp.full((B,), t, jnp.float32)
     call = functools.partial(velocity_fn, params, patch_size=patch_size)
@@ -126,7 +126,10 @@ def _euler_step(velocity_fn, params, x, t, dt, cfg, renorm, motion, neg_motion,
                                  ).astype(jnp.float32)).astype(x.dtype)
         return guide(v[:B], v[B:], cfg, renorm)
 
-    v = positive_only() if neg_cap is None else jax.lax.cond(cfg != 0, guided, positive_only)
+    needed = cfg != 0
+    if motion_only:  # same captions and scores (e.g. both dropped): no second run needed
+        needed &= jnp.any(motion != neg_motion)
+    v = positive_only() if neg_cap is None else jax.lax.cond(needed, guided, positive_only)
     return x + dt * v
 
 
@@ -140,19 +143,26 @@ def sample(velocity_fn: Callable[..., jax.Array], noise: jax.Array, cap_feats: j
            cap_mask: jax.Array, settings: SampleSettings | str = "960px", *,
            neg_cap_feats: jax.Array | None = None, neg_cap_mask: jax.Array | None = None,
            params: Any = None, motion: jax.Array | None = None,
-           progress: bool = True) -> jax.Array:
+           motion_only: bool = False, progress: bool = True) -> jax.Array:
     """Integrate noise [B,C,F,H,W] (t=0) to data (t=1); returns float32 latents.
 
     `cap_feats [B,L,D]`, `cap_mask [B,L]`: positive captions; `neg_cap_*` the negative
     ones (e.g. the system prompt with an empty prompt), needed only where cfg != 0.
+    `motion_only`: instead, the negative branch gets each item's own caption, so the
+    branches differ only in motion score and cfg amplifies just that (motion guidance).
     `settings`: a SampleSettings or a SAMPLER_PRESETS name. `motion [B]`: per-item positive
     motion scores in place of settings.motion (e.g. one prompt at several motion scores).
     """
     if isinstance(settings, str):
         settings = SAMPLER_PRESETS[settings]
     steps = euler_steps(settings)
+    if motion_only and neg_cap_feats is not None:
+        raise ValueError("motion_only guidance takes no neg_cap_feats (it uses the captions)")
+    if motion_only:
+        neg_cap_feats, neg_cap_mask = cap_feats, cap_mask
     if neg_cap_feats is None and any(s.cfg != 0 for s in steps):
-        raise ValueError("cfg != 0 somewhere in the schedule needs neg_cap_feats / neg_cap_mask")
+        raise ValueError("cfg != 0 somewhere in the schedule needs neg_cap_feats / neg_cap_mask"
+                         " (or motion_only)")
     fn = _NoParams(velocity_fn) if params is None else velocity_fn
     cap_mask = cap_mask.astype(bool)
     if neg_cap_feats is not None:
@@ -170,7 +180,8 @@ def sample(velocity_fn: Callable[..., jax.Array], noise: jax.Array, cap_feats: j
                             cfg=s.cfg, refresh=False)
         x = _euler_step(fn, params, x, s.t, s.dt, s.cfg, s.renorm,
                         s.motion if motion is None else motion, s.neg_motion,
-                        cap_feats, cap_mask, neg_cap_feats, neg_cap_mask, patch_size=s.patch_size)
+                        cap_feats, cap_mask, neg_cap_feats, neg_cap_mask, patch_size=s.patch_size,
+                        motion_only=motion_only)
     return x
 
 

@@ -60,6 +60,11 @@ class OptimConfig:
             raise ValueError("OptimConfig: ema_every must be >= 1 and ema_decay in [0, 1]")
 
 
+# A negative prompt of this value gives the negative branch each prompt itself: the
+# branches then differ only in motion score, and cfg amplifies just that (motion guidance).
+PROMPT_ITSELF = "{prompt}"
+
+
 def default_config() -> ml_collections.ConfigDict:
     """Fields every experiment config has; `configs/*.py` start from this."""
     c = ml_collections.ConfigDict()

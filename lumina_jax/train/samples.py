@@ -23,6 +23,7 @@ from flax import nnx
 from lumina_jax.diffusion.sampler import (SAMPLER_PRESETS, SampleSettings, euler_steps,
                                           nnx_velocity_fn, sample)
 from lumina_jax.model import ModelConfig, NextDiT
+from lumina_jax.train.config import PROMPT_ITSELF
 
 PREVIEW_SIDE = 256  # previews are enlarged (nearest neighbour) to at least this short side
 CONTACT_SHEET = "contact_sheet.png"  # every frame of every prompt, labelled, one image
@@ -42,7 +43,7 @@ class SampleSpec:
     latent_decoder: str = "identity"  # an encoders.LATENT_ENCODERS name
     latent_decoder_path: str = ""
     system_prompt: str = ""      # prepended to every prompt, the negative one included
-    negative_prompt: str = ""
+    negative_prompt: str = ""    # or PROMPT_ITSELF (motion-only guidance)
     settings: dict = dataclasses.field(default_factory=dict)  # SampleSettings fields
     preset: str = ""                                          # or a SAMPLER_PRESETS name
 
@@ -87,7 +88,9 @@ def generate_from_features(model_cfg: ModelConfig, params, feats, mask, shape, s
     the seed, settings and negative prompt."""
     settings = spec.sample_settings()
     neg = {}
-    if any(step.cfg != 0 for step in euler_steps(settings)):
+    if spec.negative_prompt == PROMPT_ITSELF:
+        neg = dict(motion_only=True)
+    elif any(step.cfg != 0 for step in euler_steps(settings)):
         nf, nm = encode_prompts([spec.system_prompt + spec.negative_prompt],
                                 spec.caption_encoder, spec.caption_encoder_path)
         neg = dict(neg_cap_feats=jnp.asarray(nf[0]), neg_cap_mask=jnp.asarray(nm[0]))
