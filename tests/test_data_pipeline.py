@@ -245,9 +245,9 @@ def test_demo_dataset(tmp_path):
     assert {k: len(v) for k, v in by.items()} == {
         ("natural", "video"): 44,
         ("natural", "image"): 4,
-        # 2 random travels and positions of each of 144 combinations (4 colours x 3 shapes
-        # x 4 directions x "slowly" / "quickly" / no speed word)
-        ("synthetic", "video"): 288,
+        # random travels and positions of 48 combinations (4 colours x 3 shapes x 4
+        # directions): 2 each "slowly" and "quickly", 2 x UNWORDED_COPIES with no speed word
+        ("synthetic", "video"): 48 * 2 * (2 + demo.UNWORDED_COPIES),
         ("synthetic", "image"): 12,
     }
     heldout = manifest.read_manifest(demo.generate(str(tmp_path / "heldout"), heldout=True))
@@ -263,8 +263,8 @@ def test_demo_dataset(tmp_path):
     total = sum(os.path.getsize(r["path"]) for r in recs)
     assert total < 2_000_000
     # The same prepare path as user data, on a slice of it (the full set takes ~20 s).
-    sub = [r for r in recs if "red_square" in r["path"] and "_1." not in r["path"]
-           or "chelsea" in r["path"]]
+    sub = [r for r in recs if "red_square" in r["path"]
+           and r["path"].endswith(("_0.webm", "_still.png")) or "chelsea" in r["path"]]
     manifest.write_manifest(str(tmp_path / "sub.jsonl"), sub)
     summary = offline.prepare(
         str(tmp_path / "sub.jsonl"),
