@@ -53,7 +53,7 @@ def test_build_types_every_section_the_run_reads():
     assert exp.run.profile_steps == (3, 5) and exp.run.data_dir == "/d"
     assert exp.checkpoint == CheckpointConfig(every=50, keep=3, keep_every=10, async_save=True)
     assert exp.eval.sources == {"video_2x4": "/d/heldout"}
-    assert exp.eval.judge == "demo" and exp.eval.judge_motion == (8.0, 16.0, 24.0, 32.0)
+    assert exp.eval.judge == "demo" and exp.eval.judge_motion == (8.0, 14.0, 20.0, 26.0)
     assert exp.sample.prompts[0] == "a red square moving left quickly" and exp.sample_every == 7
     assert exp.sample.latent_decoder == "identity"  # the last stage's encoder
     with pytest.raises(ConfigError, match="profile_steps"):
