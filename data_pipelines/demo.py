@@ -52,8 +52,9 @@ SHAPE_TRAVEL = {"slowly": (0.25, 0.45), "quickly": (0.65, 1.0), "": (0.25, 1.0)}
 # Captions with no speed word get this many times `variants` clips. With 2 clips each, a
 # caption's score named one of its clips rather than a speed: held-out flow loss was
 # higher given the true score than with it dropped (0.0492 vs 0.0486). With 8 or 16 the
-# score generalises (0.0722 vs 0.0725 at 8 clips, 0.0726 vs 0.0730 at 16), and the judge's
-# motion control (cfg 3, three noise seeds) went 0.77 / 0.74 / 0.67 -> 0.83 / 0.80 / 0.71.
+# score generalises (0.0722 vs 0.0725 at 8 clips, 0.0726 vs 0.0730 at 16), and from 8 to
+# 16 the judge's motion control (cfg 3, three noise seeds) went 0.77 / 0.74 / 0.67 to
+# 0.83 / 0.80 / 0.71.
 UNWORDED_COPIES = 8
 SHAPE_RADIUS = 3 / 16  # half-size as a fraction of the frame side
 # Random placement uses this share of the room the motion leaves (~1 px at 16 px): each
@@ -251,19 +252,21 @@ def prepare_demo(
     fps: float = 8.0,
     frames: int = 16,
     caption_encoder: str = "minilm",
+    variants: int = 2,
 ) -> dict:
     """Generates the demo under folder/raw (+ folder/raw_heldout) and prepares it into
     folder/prepared (+ folder/heldout, the synthetic held-out clips).
 
     Clips are 2*resolution px (the area filter keeps them) and `frames` frames at `fps`,
-    stored whole. Train with `demo_task(folder)`. For on-the-fly decoding instead, use
+    stored whole; `variants` clips per caption (see `generate`). Train with
+    `demo_task(folder)`. For on-the-fly decoding instead, use
     sources with path folder/prepared/manifest.jsonl (the raw files, with motion scores).
     Returns the training set's prepare summary, with the held-out one under "heldout".
     """
     summaries = {}
     for raw, out, heldout in (("raw", "prepared", False), ("raw_heldout", "heldout", True)):
         manifest_path = generate(os.path.join(folder, raw), size=2 * resolution,
-                                 frames=frames, fps=fps, heldout=heldout)
+                                 frames=frames, fps=fps, variants=variants, heldout=heldout)
         summaries[out] = offline.prepare(
             manifest_path,
             os.path.join(folder, out),

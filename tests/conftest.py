@@ -41,11 +41,12 @@ def made_once(tmp_path_factory, worker_id: str, name: str, make):
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory, worker_id):
-    """The demo dataset at 16 px, 8 frames (prepared once)."""
+    """The demo dataset at 16 px, 8 frames, one clip per caption (half of command 1's:
+    the tests train a few steps), prepared once."""
     from data_pipelines import demo
 
     return made_once(tmp_path_factory, worker_id, "demo_data",
-                     lambda f: demo.prepare_demo(str(f), resolution=16, frames=8))
+                     lambda f: demo.prepare_demo(str(f), resolution=16, frames=8, variants=1))
 
 
 @pytest.fixture(scope="session")
