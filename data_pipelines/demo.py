@@ -9,8 +9,8 @@ manifest, then prepared by the same code path as user data:
              "slowly", "quickly" or with no speed word ("a red square moving left": any
              speed, told by the motion score alone); still shapes (png).
              Each combination comes in `variants` clips at nearby random positions
-             (POSITION_JITTER); `heldout` has one more per combination for validation,
-             the judge and FVD.
+             (POSITION_JITTER), UNWORDED_COPIES times that with no speed word; `heldout`
+             has one more per combination for validation, the judge and FVD.
 
 The design is chosen to be learnable and judged from pixels at 16 px: a shape is ~6/16
 of the frame wide (square, circle and triangle stay distinct after downsampling), and

@@ -156,9 +156,9 @@ def sample(velocity_fn: Callable[..., jax.Array], noise: jax.Array, cap_feats: j
     if isinstance(settings, str):
         settings = SAMPLER_PRESETS[settings]
     steps = euler_steps(settings)
-    if motion_only and neg_cap_feats is not None:
-        raise ValueError("motion_only guidance takes no neg_cap_feats (it uses the captions)")
     if motion_only:
+        if neg_cap_feats is not None:
+            raise ValueError("motion_only guidance takes no neg_cap_feats (it uses the captions)")
         neg_cap_feats, neg_cap_mask = cap_feats, cap_mask
     if neg_cap_feats is None and any(s.cfg != 0 for s in steps):
         raise ValueError("cfg != 0 somewhere in the schedule needs neg_cap_feats / neg_cap_mask"
