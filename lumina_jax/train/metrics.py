@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -63,6 +64,22 @@ def keep_rows_up_to(path: str, step: int) -> None:
         os.replace(path + ".tmp", path)
 
 
+def _summary_writer():
+    """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch
+    (when installed) only for type hints, and that import costs ~3 s of every run's
+    start. A None entry in sys.modules makes its `import torch` fail fast; the entry is
+    removed again, so later code that needs torch still gets it."""
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if blocked:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     """Scalars to `<workdir>/metrics.jsonl` and TensorBoard event files (process 0 only)."""
 
@@ -72,8 +89,7 @@ class MetricWriter:
         self.enabled = jax.process_index() == 0
         self.jsonl = self.tb = None
         if self.enabled:
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = _summary_writer()
             path = os.path.join(workdir, "metrics.jsonl")
             keep_rows_up_to(path, start_step)
             self.jsonl = open(path, "ab", buffering=0)
