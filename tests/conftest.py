@@ -80,13 +80,26 @@ def mixed_footage(tmp_path_factory, worker_id):
     return made_once(tmp_path_factory, worker_id, "mixed_footage", make) / "prepared"
 
 
-# ---- order: long tests first, so no long test starts last while the other worker idles --
+# ---- order: two halves that each start with long tests and end with short ones ---------
+#
+# README's command runs `-n 2 --dist worksteal` (pyproject addopts): each worker gets one
+# contiguous half of this order, and a worker that runs out takes tests from the end of
+# the other's queue. So each half starts with its share of the long tests, split by the
+# shared data they build (runs on the demo data and footage in one half, the rest in the
+# other: neither waits for a fixture the other is building), and ends with short tests
+# that even out the finish.
 
 SHARED_FIXTURES = ("demo_data", "eight_devices", "mixed_footage", "v2a_clips", "i3d")
+DEMO_FIXTURES = ("demo_data", "mixed_footage")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:  # a test that needs a shared fixture waits for it (tens of seconds)
         if any(f in item.fixturenames for f in SHARED_FIXTURES):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable sort
+    slow = [i for i in items if i.get_closest_marker("slow")]
+    on_demo = [i for i in slow if any(f in i.fixturenames for f in DEMO_FIXTURES)]
+    others = [i for i in slow if i not in on_demo]
+    short = [i for i in items if not i.get_closest_marker("slow")]
+    cut = min(max(0, (len(items) + 1) // 2 - len(others)), len(short))
+    items[:] = others + short[:cut] + on_demo + short[cut:]
