@@ -10,6 +10,7 @@ import, the plan and the readers (sample, eval, export: no optimiser state) all 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -75,6 +76,7 @@ def run_optimizer(exp) -> Optimizer:
                                            for start, s in zip(starts, exp.stages)))
 
 
+@functools.cache  # a GraphDef is immutable; each stage's TrainStep asks again
 def model_graphdef(model_cfg: ModelConfig) -> nnx.GraphDef:
     return nnx.split(nnx.eval_shape(lambda: build_model(model_cfg)))[0]
 
