@@ -265,6 +265,11 @@ def test_ctrl_c_saves_like_sigterm(demo_data, tmp_path):
     saved = int(out.split("SIGINT: saved step ")[1].split(";")[0])
     assert 3 <= saved < TOTAL_STEPS and (tmp_path / "checkpoints" / str(saved)).is_dir()
     assert not (tmp_path / guard.LOCK).exists()
+    # the restart picks up the saved step and finishes (SIGTERM takes the same path; the
+    # preemption test below sends it)
+    proc = run(tmp_path, demo_data, NO_SAMPLES)
+    assert f"resumed from step {saved}" in proc.stdout + proc.stderr
+    assert max(per_step(tmp_path)) == TOTAL_STEPS
 
 
 # One stage of the tiny curriculum (images, batch 4 = 2 per process), 6 steps, no samples

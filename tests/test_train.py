@@ -108,17 +108,6 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses_bitwise(
             assert resumed[step][key] == reference[step][key], (step, key)
 
 
-def test_sigterm_saves_and_exits_cleanly_then_resume_finishes(demo_data, tmp_path):
-    proc = start_and_signal(tmp_path, demo_data, signal.SIGTERM, after_step=2)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out[-3000:]
-    saved = int(out.split("SIGTERM: saved step ")[1].split(";")[0])
-    assert saved < TOTAL_STEPS and (tmp_path / "checkpoints" / str(saved)).is_dir()
-    out = run(tmp_path, demo_data, NO_SAMPLES)
-    assert f"resumed from step {saved}" in out
-    assert max(per_step(tmp_path)) == TOTAL_STEPS
-
-
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(uninterrupted, demo_data, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(uninterrupted[0], workdir)
