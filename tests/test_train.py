@@ -56,6 +56,9 @@ def test_stages_switch_shapes_and_tasks_at_the_right_steps(uninterrupted):
     assert all(tasks[s] == ["video_2x4"] and records[s]["stage"] == 1 for s in (4, 5, 6, 7))
     assert all(tasks[s] == ["image_1x2", "video_2x2", "video_2x4"] for s in (8, 9, 10))
     assert out.count("compiled step, per device") == 3  # one compile per stage
+    # the optimiser update is the same in every stage: compiled once, in stage 1
+    assert out.count("compiled update") == 1
+    assert "stage 3 'joint': 3 executables (3 task shapes) compiled" in out
     assert "stage 3/3 'joint': steps 7..10" in out
     assert all(r["skipped_steps"] == 0 and r["mfu"] > 0 for r in records.values())
     # samples were written with the EMA weights at the end

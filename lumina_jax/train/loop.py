@@ -208,6 +208,7 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
     key = jax.random.key(run.seed)
     profile = list(run.profile_steps)
     last, nonfinite_run = {}, 0
+    train_step = None  # one per stage; they share the optimiser update's executable
     if lead:
         print(run_header(exp, workdir, mesh, step, spec), flush=True)
     bar = tqdm(total=exp.total_steps, initial=step, disable=not lead, unit="step",
@@ -235,7 +236,8 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
             if streams_stage != stage_index:
                 streams, streams_stage = make_streams(exp, stage_index), stage_index
             tasks = {t.name: t.spec for t in stage.tasks}
-            train_step = TrainStep(exp.model, exp.optim, exp.loss, tasks, mesh, rules, layout)
+            train_step = TrainStep(exp.model, exp.optim, exp.loss, tasks, mesh, rules, layout,
+                                   update=train_step and train_step.update)
             if lead:
                 bar.write(f"stage {stage_index + 1}/{len(exp.stages)} '{stage.name}': steps "
                           f"{start}..{start + stage.steps}, tasks {sorted(tasks)}; compiling "
@@ -297,10 +299,13 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
                         last["compiles"] = len(train_step.compiles)
                         last["compile_s"] = round(sum(c.seconds for c in train_step.compiles), 3)
                         if lead:
-                            bar.write(f"stage {stage_index + 1} '{stage.name}': "
-                                      f"{last['compiles']} executables "
-                                      f"({last['compiles'] - 1} task shapes + the update) compiled "
-                                      f"or loaded from the cache in {last['compile_s']:.1f}s")
+                            shapes = sum(c.what != "update" for c in train_step.compiles)
+                            update = " + the update" * (shapes < last["compiles"])
+                            n = last["compiles"]
+                            bar.write(f"stage {stage_index + 1} '{stage.name}': {n} "
+                                      f"executable{'s' * (n != 1)} ({shapes} task shape"
+                                      f"{'s' * (shapes != 1)}{update}) compiled or loaded "
+                                      f"from the cache in {last['compile_s']:.1f}s")
                     writer.scalars(step, last)
                     # the mean over the stage's tasks (comparable across stages)
                     bar.set_postfix(task_loss=f"{last['loss']:.4f}", refresh=False)

@@ -5,7 +5,10 @@ videos), so the step is two kinds of executables, each compiled lazily and kept:
 
   * per task and batch shape: `acc + grad(task loss)` (the accumulator donated), so a
     stage with T tasks of S_t shapes compiles sum_t S_t gradients, not prod_t S_t steps;
-  * once per stage: the update (global-norm clip, AdamW, EMA) from the summed gradient.
+  * once per run: the update (global-norm clip, AdamW, EMA) from the summed gradient. It
+    does not depend on the stage's tasks, so every stage's TrainStep shares it
+    (`update=` the previous stage's `step.update`): a stage switch compiles only the new
+    tasks' gradients.
 
 A task with packed data (`data.packing`: several clips of any shape per row of a fixed
 token budget) has one batch shape, so it compiles one gradient per stage.
@@ -95,12 +98,23 @@ class Compile:
     flops: float       # XLA's cost analysis (a scanned body counts once)
 
 
+@dataclasses.dataclass
+class Update:
+    """The optimiser update's jitted function and, once compiled, its executable and the
+    Compile record (shared by the TrainSteps of a run's stages)."""
+    jitted: object
+    executable: object = None
+    record: Compile | None = None
+
+
 class TrainStep:
     """`step(state, batches, key) -> (state, metrics)`; compiles per new batch shape."""
 
     def __init__(self, model_cfg: ModelConfig, optim_cfg: OptimConfig, loss_cfg: LossConfig,
-                 tasks: Mapping[str, TaskSpec], mesh: Mesh, rules: Rules, layout: StateLayout):
-        """`layout`: the state's shardings and the run's optimiser (state.state_layout)."""
+                 tasks: Mapping[str, TaskSpec], mesh: Mesh, rules: Rules, layout: StateLayout,
+                 update: Update | None = None):
+        """`layout`: the state's shardings and the run's optimiser (state.state_layout);
+        `update`: an earlier stage's `step.update` (same run, same layout) to reuse."""
         self.model_cfg, self.optim_cfg, self.loss_cfg = model_cfg, optim_cfg, loss_cfg
         self.tasks, self.mesh, self.rules = dict(tasks), mesh, rules
         self.order = sorted(self.tasks)  # task i draws its noise from fold_in(key, i)
@@ -116,10 +130,9 @@ class TrainStep:
                                                              replicated),
                           out_shardings=(params, replicated), donate_argnums=1)
             for name in self.order}
-        self._update_jit = jax.jit(self._update, in_shardings=(layout.shardings, params,
-                                                                replicated),
-                                   out_shardings=(layout.shardings, replicated),
-                                   donate_argnums=0)
+        self.update = update or Update(jax.jit(
+            self._update, in_shardings=(layout.shardings, params),
+            out_shardings=(layout.shardings, replicated), donate_argnums=0))
         self._executables: dict = {}
         self._param_bytes: int | None = None
         self.compiles: list[Compile] = []
@@ -144,8 +157,7 @@ class TrainStep:
 
         return grad
 
-    def _update(self, state, grads, losses):
-        loss = sum(self.tasks[n].weight * losses[n] for n in self.order)
+    def _update(self, state, grads):
         grad_norm = optax.global_norm(grads)
         # optax.apply_if_finite (state.make_optimizer) zeroes a non-finite step's update
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
@@ -157,8 +169,8 @@ class TrainStep:
         ema = jax.tree.map(lambda e, p: jnp.where(refresh, decay * e + (1 - decay) * p, e),
                            state["ema"], params)
         new_state = {"step": step, "params": params, "opt_state": opt_state, "ema": ema}
-        return new_state, {"loss": loss, "grad_norm": grad_norm,
-                           "lr": self.lr(state["step"]), "finite": finite}
+        return new_state, {"grad_norm": grad_norm, "lr": self.lr(state["step"]),
+                           "finite": finite}
 
     # ---------------------------------------------------------------- compiling
 
@@ -187,9 +199,7 @@ class TrainStep:
             if name in batches:
                 self._grad_executable(name, lambda: abstract(state["params"]),
                                       abstract(batches[name]), step, key)
-        losses = {n: jax.ShapeDtypeStruct((), jnp.float32) for n in self.order}
-        self._update_executable(
-            lambda: (abstract(state), abstract(state["params"]), losses))
+        self._update_executable(lambda: (abstract(state), abstract(state["params"])))
         return self.compiles
 
     def uncompiled(self, batches) -> list[str]:
@@ -197,7 +207,7 @@ class TrainStep:
         new = [f"{name} {list(batches[name]['latents'].shape)}" for name in self.order
                if name in batches and (name, batch_signature(batches[name]))
                not in self._executables]
-        return new + (["update"] if "update" not in self._executables else [])
+        return new + (["update"] if self.update.executable is None else [])
 
     def _grad_executable(self, name, params, batch, step, key):
         """`params`: a callable giving the params (or their abstract values)."""
@@ -212,7 +222,11 @@ class TrainStep:
                                 make_args, name, tuple(batch["latents"].shape))
 
     def _update_executable(self, make_args):
-        return self._executable("update", self._update_jit, make_args, "update", ())
+        if self.update.executable is None:
+            self.update.executable = self._executable("update", self.update.jitted, make_args,
+                                                      "update", ())
+            self.update.record = self.compiles[-1]
+        return self.update.executable
 
     # ---------------------------------------------------------------- running
 
@@ -225,15 +239,14 @@ class TrainStep:
             fn = self._grad_executable(name, lambda: state["params"], batches[name],
                                        state["step"], key)
             acc, aux[name] = fn(state["params"], acc, batches[name], state["step"], key)
-        losses = {n: aux[n]["loss"] if n in aux else jnp.zeros((), jnp.float32)
-                  for n in self.order}
-        update = self._update_executable(lambda: (state, acc, losses))
-        state, metrics = update(state, acc, losses)
+        update = self._update_executable(lambda: (state, acc))
+        state, metrics = update(state, acc)
         # "loss" is the tasks' weighted MEAN, comparable across stages with different task
         # counts; "loss_total" is the weighted sum that the gradient is of.
         weights = {n: self.tasks[n].weight for n in aux}
-        mean = sum(w * aux[n]["loss"] for n, w in weights.items()) / sum(weights.values())
-        return state, {**metrics, "loss_total": metrics["loss"], "loss": mean, "tasks": aux}
+        total = sum(w * aux[n]["loss"] for n, w in weights.items())
+        return state, {**metrics, "loss_total": total, "loss": total / sum(weights.values()),
+                       "tasks": aux}
 
     # ---------------------------------------------------------------- accounting
 
@@ -241,7 +254,7 @@ class TrainStep:
         """Per-device bytes of the compiled executables: the state and the gradient
         accumulator live across the whole step; the largest task's temporaries and batch,
         or the update's temporaries, come on top."""
-        update = next((c.memory for c in self.compiles if c.what == "update"), None)
+        update = self.update.record and self.update.record.memory
         if update is None or self._param_bytes is None:
             return {}
         task_extra = max((c.memory.temp_size_in_bytes + c.memory.argument_size_in_bytes
