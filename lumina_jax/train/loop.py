@@ -299,13 +299,13 @@ def _train(config, exp: Experiment, workdir: str, restart: bool, lead: bool,
                         last["compiles"] = len(train_step.compiles)
                         last["compile_s"] = round(sum(c.seconds for c in train_step.compiles), 3)
                         if lead:
-                            shapes = sum(c.what != "update" for c in train_step.compiles)
-                            update = " + the update" * (shapes < last["compiles"])
                             n = last["compiles"]
+                            shapes = sum(c.what != "update" for c in train_step.compiles)
+                            what = (f"{shapes} task shape{'s' * (shapes != 1)}"
+                                    + (" + the update" if shapes < n else ""))
                             bar.write(f"stage {stage_index + 1} '{stage.name}': {n} "
-                                      f"executable{'s' * (n != 1)} ({shapes} task shape"
-                                      f"{'s' * (shapes != 1)}{update}) compiled or loaded "
-                                      f"from the cache in {last['compile_s']:.1f}s")
+                                      f"executable{'s' * (n != 1)} ({what}) compiled or "
+                                      f"loaded from the cache in {last['compile_s']:.1f}s")
                     writer.scalars(step, last)
                     # the mean over the stage's tasks (comparable across stages)
                     bar.set_postfix(task_loss=f"{last['loss']:.4f}", refresh=False)
