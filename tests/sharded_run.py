@@ -21,14 +21,19 @@ from lumina_jax.parallel.distributed import maybe_initialize
 from lumina_jax.train.state import OptimConfig, make_optimizer, state_layout
 from lumina_jax.train.step import TrainStep, batch_keys, global_batch, host_rows
 
-TASKS = {k: DEFAULT_TASKS[k] for k in ("image_1x2", "video_2x2")}
-V2A_TASKS = {"audio": TaskSpec("audio", (4, 1), 1.0)}
+# One task per run: each task's gradient is a compile of its own, and summing a stage's
+# task gradients is the same code on any mesh (the tiny runs' joint stage trains three).
+TASKS = {"video": {"video_2x2": DEFAULT_TASKS["video_2x2"]},
+         "image": {"image_1x2": DEFAULT_TASKS["image_1x2"]},
+         "v2a": {"audio": TaskSpec("audio", (4, 1), 1.0)}}
 
 
-def synthetic_batches(cfg, global_batch_size, seed=0):
+def synthetic_batches(cfg, global_batch_size, names, seed=0):
     rng = np.random.default_rng(seed)
     batches = {}
     for name, frames in (("image_1x2", 1), ("video_2x2", 4)):
+        if name not in names:
+            continue
         mask = np.arange(8)[None] < rng.integers(3, 9, (global_batch_size, 1))
         batches[name] = {
             "latents": rng.standard_normal((global_batch_size, cfg.in_channels, frames, 8, 8),
@@ -41,7 +46,7 @@ def synthetic_batches(cfg, global_batch_size, seed=0):
     return batches
 
 
-def synthetic_v2a_batches(cfg, global_batch_size, seed=0):
+def synthetic_v2a_batches(cfg, global_batch_size, names=("audio",), seed=0):
     """Audio latents [B, 1, 1, 32, 16], 9 frames of features, per-step sync features."""
     rng = np.random.default_rng(seed)
     b = global_batch_size
@@ -97,14 +102,16 @@ def export_step(step, state, batches, key, platform: str) -> dict:
 
 
 def run(mesh_spec: str, rules_name: str, n_devices: int, steps: int, batch: int,
-        attention: str = "auto", export_platforms=(), v2a: bool = False) -> dict:
-    if v2a:  # Lumina-V2A: same train step, audio latents + frame/sync conditioning
+        attention: str = "auto", export_platforms=(), kind: str = "video") -> dict:
+    """`kind`: the task trained, video (video_2x2), image (image_1x2) or v2a."""
+    if kind == "v2a":  # Lumina-V2A: same train step, audio latents + frame/sync conditioning
         cfg = get_preset("v2a_tiny", dim=64, n_heads=4, n_kv_heads=2, cap_feat_dim=32,
                          frame_dim=12, sync_dim=8, attention_impl=attention)
-        tasks, make = V2A_TASKS, synthetic_v2a_batches
+        make = synthetic_v2a_batches
     else:
         cfg = get_preset("tiny", n_heads=4, n_kv_heads=2, attention_impl=attention)
-        tasks, make = TASKS, synthetic_batches
+        make = synthetic_batches
+    tasks = TASKS[kind]
     sizes = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in mesh_spec.split(",")}
     devices = jax.devices()[:n_devices] if n_devices else None
     mesh, rules = make_mesh(sizes, devices=devices), get_rules(rules_name)
@@ -115,7 +122,7 @@ def run(mesh_spec: str, rules_name: str, n_devices: int, steps: int, batch: int,
     rows = host_rows(mesh, rules, batch)
     batches = {name: global_batch({f: v[rows] for f, v in b.items()}, mesh, rules,
                                   batch_keys(cfg))
-               for name, b in make(cfg, batch).items()}
+               for name, b in make(cfg, batch, tasks).items()}
     key = jax.random.key(42)
     step.compile(state, batches, key)
     hlo = "\n".join(e.as_text() for k, e in step._executables.items() if k != "update")
@@ -142,10 +149,10 @@ def run(mesh_spec: str, rules_name: str, n_devices: int, steps: int, batch: int,
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", action="append", required=True,
-                    help="MESH/RULES[/N_DEVICES][/ATTENTION][/export][/v2a], e.g. "
+                    help="MESH/RULES[/N_DEVICES][/ATTENTION][/export][/image|/v2a], e.g. "
                          "fsdp=4,tensor=2/fsdp_tp or fsdp=2,sequence=4/fsdp_sp/pallas/export "
-                         "(export: also jax.export it for --export's platforms; v2a: the "
-                         "Lumina-V2A model); repeatable")
+                         "(export: also jax.export it for --export's platforms; image: the "
+                         "image task instead of video; v2a: the Lumina-V2A model); repeatable")
     ap.add_argument("--export", nargs="*", default=(), metavar="PLATFORM",
                     help="platforms (cuda, tpu) to jax.export the runs marked /export for")
     ap.add_argument("--steps", type=int, default=3)
@@ -156,10 +163,11 @@ def main():
     for spec in args.run:
         mesh_spec, rules_name, *more = spec.split("/")
         n = next((int(m) for m in more if m.isdigit()), 0)
-        impl = next((m for m in more if not m.isdigit() and m not in ("export", "v2a")),
+        kind = next((m for m in more if m in TASKS), "video")
+        impl = next((m for m in more if not m.isdigit() and m != "export" and m not in TASKS),
                     "auto")
         reports[spec] = run(mesh_spec, rules_name, n, args.steps, args.batch, impl,
-                            args.export if "export" in more else (), v2a="v2a" in more)
+                            args.export if "export" in more else (), kind)
     if jax.process_index() == 0:
         print("REPORT " + json.dumps(reports))
 

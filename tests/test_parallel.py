@@ -19,20 +19,22 @@ from lumina_jax.train.state import OptimConfig, make_optimizer, skipped_steps, s
 from lumina_jax.train.step import TrainStep, global_batch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Every kind of mesh (pure data parallelism: the reference's dp rules, and fsdp=8 splits
+# Every kind of mesh (pure data parallelism: the references' dp rules, and fsdp=8 splits
 # the batch 8 ways), with our Pallas kernels (interpret mode) inside shard_map, and
 # JAX's splash on the full dp+fsdp+tensor+sequence mesh; the runs with `sequence` split
-# tokens Ulysses-style with 4 q / 2 kv heads (so kv heads get repeated). Two are also
-# exported for CUDA and TPU: one with our kernels, one with `auto` (each platform's
-# default: splash on TPU; on CPU, the XLA path that CPU runs and `plan` compile). The
-# last run is the unsharded XLA reference.
-RUNS = ["fsdp=8/fsdp/pallas", "fsdp=4,tensor=2/fsdp_tp/pallas",
+# tokens Ulysses-style with 4 q / 2 kv heads (so kv heads get repeated). Each run trains
+# one task, video_2x2 unless it says image (image_1x2, one frame) or v2a (Lumina-V2A's
+# step: audio latents, frame + sync conditioning), against the unsharded XLA reference
+# of that task (data=1). Two are also exported for CUDA and TPU: one with our kernels,
+# one with `auto` (each platform's default: splash on TPU; on CPU, the XLA path that CPU
+# runs and `plan` compile).
+RUNS = ["fsdp=8/fsdp/pallas/image", "fsdp=4,tensor=2/fsdp_tp/pallas",
         "fsdp=2,sequence=4/fsdp_sp/pallas/export",
-        "fsdp=2,tensor=2,sequence=2/fsdp_tp_sp/splash",
-        "fsdp=2,tensor=2,sequence=2/fsdp_tp_sp/export", "data=1/dp/1",
-        # Lumina-V2A's train step (audio latents, frame + sync conditioning) on the full
-        # mesh vs its own unsharded reference
-        "fsdp=2,tensor=2,sequence=2/fsdp_tp_sp/v2a", "data=1/dp/1/v2a"]
+        "fsdp=2,tensor=2,sequence=2/fsdp_tp_sp/splash/image",
+        "fsdp=2,tensor=2,sequence=2/fsdp_tp_sp/export",
+        "fsdp=2,tensor=2,sequence=2/fsdp_tp_sp/v2a",
+        "data=1/dp/1", "data=1/dp/1/image", "data=1/dp/1/v2a"]
+FSDP8 = RUNS[0]
 ULYSSES = [r for r in RUNS if "sequence" in r]
 WQ = "['layers']['attention']['wq']['kernel'].value"
 W2 = "['layers']['feed_forward']['w2']['kernel'].value"
@@ -61,9 +63,13 @@ def eight_devices(tmp_path_factory, worker_id):
     return json.loads((folder / "report.json").read_text())
 
 
+def reference_of(run: str) -> str:
+    return "data=1/dp/1" + next(("/" + k for k in ("image", "v2a") if run.endswith(k)), "")
+
+
 def test_losses_and_gradients_match_the_unsharded_xla_reference(eight_devices):
     for run in RUNS:
-        reference = eight_devices["data=1/dp/1" + ("/v2a" if run.endswith("v2a") else "")]
+        reference = eight_devices[reference_of(run)]
         assert len(reference["losses"]) == 2 and len(set(reference["losses"])) == 2  # trains
         # no first-step spike from the zero-initialised final layer (was ~5e8)
         assert reference["grad_norms"][0] < 100, reference["grad_norms"]
@@ -98,8 +104,8 @@ def test_sharded_train_step_with_kernels_exports_for_tpu_and_cuda(eight_devices)
 def test_parameter_shardings_follow_the_rules(eight_devices):
     specs = {run: eight_devices[run]["specs"] for run in RUNS}
     assert specs["data=1/dp/1"][WQ] == [None, None, None]
-    assert specs["fsdp=8/fsdp/pallas"][WQ] == [None, "fsdp", None]
-    assert specs["fsdp=8/fsdp/pallas"][W2] == [None, None, "fsdp"]        # (layers, mlp, embed)
+    assert specs[FSDP8][WQ] == [None, "fsdp", None]
+    assert specs[FSDP8][W2] == [None, None, "fsdp"]  # (layers, mlp, embed)
     assert specs["fsdp=4,tensor=2/fsdp_tp/pallas"][WQ] == [None, "fsdp", "tensor"]
     assert specs["fsdp=4,tensor=2/fsdp_tp/pallas"][W2] == [None, "tensor", "fsdp"]
     assert specs["fsdp=2,sequence=4/fsdp_sp/pallas/export"][WQ] == [None, "fsdp", None]
@@ -107,12 +113,12 @@ def test_parameter_shardings_follow_the_rules(eight_devices):
 
 def test_fsdp_stores_about_an_eighth_per_device(eight_devices):
     replicated = eight_devices["data=1/dp/1"]["param_opt_bytes_device0"]  # one device: all
-    fsdp = eight_devices["fsdp=8/fsdp/pallas"]["param_opt_bytes_device0"]
+    fsdp = eight_devices[FSDP8]["param_opt_bytes_device0"]
     assert replicated / 8 <= fsdp < 1.15 * replicated / 8, (fsdp, replicated)
 
 
 def test_step_report_has_memory_and_flops(eight_devices):
-    report = eight_devices["fsdp=8/fsdp/pallas"]["report"]
+    report = eight_devices[FSDP8]["report"]
     assert "per device" in report and "temporaries" in report and "model FLOPs per step" in report
 
 
