@@ -10,6 +10,10 @@ FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive
                 "--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
+from lumina_jax.cli import fewer_gc_passes  # noqa: E402
+
+fewer_gc_passes()  # as `lumina-jax` does: the workers trace and compile in-process too
+
 
 def with_xla_flags(*flags: str) -> dict:
     """os.environ with `flags` appended to XLA_FLAGS (for a subprocess)."""

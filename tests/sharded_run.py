@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lumina_jax.cli import fewer_gc_passes
 from lumina_jax.diffusion.loss import DEFAULT_TASKS, LossConfig, TaskSpec
 from lumina_jax.model import get_preset, token_count
 from lumina_jax.parallel import get_rules, make_mesh
@@ -158,6 +159,7 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()
+    fewer_gc_passes()
     maybe_initialize()
     reports = {}
     for spec in args.run:
