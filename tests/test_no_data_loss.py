@@ -205,36 +205,34 @@ def test_a_resume_that_restores_nothing_refuses_and_restart_moves_the_run_aside(
     assert len(history) == 1 and history[0].read_bytes() == config
 
 
-def test_flipped_bytes_fall_back_and_the_corrupt_step_is_moved_aside_and_saved_again(
+def test_corrupt_steps_fall_back_to_the_last_good_one_moved_aside_and_saved_again(
         finished, demo_data, tmp_path):
+    """Step 10 has one flipped byte (same size: only the checksum can tell), step 8 lost
+    the second half of every data file (a truncated copy): the resume takes step 6."""
     workdir = copy_run(finished, tmp_path)
-    files = [f for f in (workdir / "checkpoints" / "10" / "state").rglob("*")
+    ckpts = workdir / "checkpoints"
+    files = [f for f in (ckpts / "10" / "state").rglob("*")
              if f.is_file() and f.stat().st_size > 256]
     biggest = max(files, key=lambda f: f.stat().st_size)
     raw = bytearray(biggest.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF  # same size: only the checksum can tell
+    raw[len(raw) // 2] ^= 0xFF
     biggest.write_bytes(bytes(raw))
+    for f in (ckpts / "8" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "ocdbt" in str(f):
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     proc = run(workdir, demo_data, "--config.stages.2.steps=4", NO_SAMPLES)
     out = proc.stdout + proc.stderr
     assert "checkpoint 10 failed to restore (OSError: checksum mismatch" in out
-    assert "resumed from step 8" in out and "moved corrupt checkpoint 10 aside" in out
-    ckpts = workdir / "checkpoints"
-    assert (ckpts / "10.corrupt").is_dir() and (ckpts / "10").is_dir()  # saved again
-    assert checksum_problem(ckpts / "10") is None and (ckpts / "10" / CHECKSUMS).exists()
+    assert "checkpoint 8 failed to restore (OSError:" in out and "were saved" in out
+    assert "resumed from step 6" in out
+    for step in (8, 10):
+        assert f"moved corrupt checkpoint {step} aside" in out
+        assert (ckpts / f"{step}.corrupt").is_dir() and (ckpts / str(step)).is_dir()  # again
+        assert checksum_problem(ckpts / str(step)) is None
+        assert (ckpts / str(step) / CHECKSUMS).exists()
     steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(l)]
     assert steps == list(range(1, TOTAL_STEPS + 2))  # each step once, no duplicates
-
-
-def test_an_unwritable_checkpoint_folder_fails_at_once_in_one_line(demo_data, tmp_path):
-    workdir = tmp_path / "run"
-    workdir.mkdir()
-    (workdir / "checkpoints").symlink_to("/sys/kernel")  # unwritable, even for root
-    t0 = time.perf_counter()
-    proc = run(workdir, demo_data, ok=False)
-    one_line_error(proc, "cannot write to", "checkpoints")
-    assert time.perf_counter() - t0 < 120
-    assert not (workdir / "config.json").exists()
 
 
 def test_a_full_disk_stops_in_one_line_and_leaves_whole_metric_rows(demo_data, tmp_path):
@@ -250,7 +248,8 @@ def test_a_full_disk_stops_in_one_line_and_leaves_whole_metric_rows(demo_data, t
         json.loads(line)
 
 
-def test_ctrl_c_saves_like_sigterm(demo_data, tmp_path):
+def test_ctrl_c_saves_like_sigterm_and_the_resume_is_bitwise_exact(finished, demo_data,
+                                                                   tmp_path):
     proc = subprocess.Popen(train_cmd(tmp_path, demo_data), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     metrics = tmp_path / "metrics.jsonl"
@@ -266,10 +265,15 @@ def test_ctrl_c_saves_like_sigterm(demo_data, tmp_path):
     assert 3 <= saved < TOTAL_STEPS and (tmp_path / "checkpoints" / str(saved)).is_dir()
     assert not (tmp_path / guard.LOCK).exists()
     # the restart picks up the saved step and finishes (SIGTERM takes the same path; the
-    # preemption test below sends it)
+    # preemption test below sends it), through the stage switches after it, with the
+    # uninterrupted run's losses to the bit
     proc = run(tmp_path, demo_data, NO_SAMPLES)
     assert f"resumed from step {saved}" in proc.stdout + proc.stderr
-    assert max(per_step(tmp_path)) == TOTAL_STEPS
+    want, got = per_step(finished), per_step(tmp_path)
+    assert sorted(got) == sorted(want) == list(range(1, TOTAL_STEPS + 1))
+    for step in want:
+        for key in ("loss", "grad_norm", "lr"):
+            assert got[step][key] == want[step][key], (step, key)
 
 
 # One stage of the tiny curriculum (images, batch 4 = 2 per process), 6 steps, no samples

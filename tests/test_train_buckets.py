@@ -79,8 +79,10 @@ def test_sigkill_resume_across_a_bucket_change_is_bitwise_exact(
         time.sleep(0.05)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+    assert (tmp_path / "lock").exists()  # left behind by the killed trainer
     # JAX_LOG_COMPILES: JAX logs each executable it compiles or loads from the cache
     out = run(tmp_path, mixed_footage, *every, env={**os.environ, "JAX_LOG_COMPILES": "1"})
+    assert "removing the stale lock" in out and not (tmp_path / "lock").exists()
     resumed_from = int(out.split("resumed from step ")[1].split()[0])
     assert 3 <= resumed_from < STEPS
     # after the resume point the stream moved on to other buckets
