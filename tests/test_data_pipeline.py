@@ -235,10 +235,10 @@ def test_hosts_share_bucket_sequence_and_split_clips(prepared):
     assert len(land) == 4 and not (paths[0] & paths[1] & land)
 
 
-@pytest.mark.slow
-def test_demo_dataset(tmp_path):
-    path = demo.generate(str(tmp_path / "raw"), variants=1)  # (command 1 makes 2)
-    recs = manifest.read_manifest(path)
+def test_demo_dataset(demo_data, tmp_path):
+    """The session's demo (command 1's sizes: 32-px raw clips of 8 frames at 8 fps, one
+    clip per caption where command 1 makes 2)."""
+    recs = manifest.read_manifest(str(demo_data / "raw" / "manifest.jsonl"))
     by = {}
     for r in recs:
         by.setdefault((r["source"], r["media"]), []).append(r)
@@ -250,13 +250,13 @@ def test_demo_dataset(tmp_path):
         ("synthetic", "video"): 48 * (2 + demo.UNWORDED_COPIES),
         ("synthetic", "image"): 12,
     }
-    heldout = manifest.read_manifest(demo.generate(str(tmp_path / "heldout"), heldout=True))
+    heldout = manifest.read_manifest(str(demo_data / "raw_heldout" / "manifest.jsonl"))
     assert {(r["source"], r["media"]) for r in heldout} == {("synthetic", "video")}
     assert {r["caption"] for r in heldout} == {r["caption"] for r in recs
                                                if r["source"] == "synthetic" and "moving" in r["caption"]}
     assert len(heldout) == 144
-    assert all(r["duration"] == pytest.approx(2.0, abs=0.05) for r in recs if r["media"] == "video")
-    assert {r["width"] for r in recs} == {64}
+    assert all(r["duration"] == pytest.approx(1.0, abs=0.05) for r in recs if r["media"] == "video")
+    assert {r["width"] for r in recs} == {32}
     caps = {r["caption"] for r in recs}
     assert {"a red square moving left quickly", "a red square moving left"} <= caps
     assert "a photo of a cat, the camera pans right slowly" in caps
@@ -269,19 +269,20 @@ def test_demo_dataset(tmp_path):
     summary = offline.prepare(
         str(tmp_path / "sub.jsonl"),
         str(tmp_path / "prepared"),
-        resolution=32,
+        resolution=16,
         fps=8,
         multiple=16,
         system_prompts=demo.DEMO_PROMPTS,
     )
     assert summary["num_examples"] == len(sub) and not summary["skipped"]
-    assert {e["frames"] for e in shards.read_prepared(str(tmp_path / "prepared"))[1]} == {1, 16}
+    assert {e["frames"] for e in shards.read_prepared(str(tmp_path / "prepared"))[1]} == {1, 8}
     meta, examples = shards.read_prepared(str(tmp_path / "prepared"))
     scores = {e["caption"]: e["motion_score"] for e in examples}
     assert scores["a red square moving left quickly"] > scores["a red square moving left slowly"]
     assert scores["a photo of a cat, the camera is still"] < 0.1
-    batch = next(P.make_iterator(demo.demo_task(str(tmp_path), batch_size=4), 0, 1))
-    assert batch["latents"].shape == (4, 3, 16, 32, 32) and meta["system_prompts"] == {
+    batch = next(P.make_iterator(demo.demo_task(str(tmp_path), batch_size=4, resolution=16,
+                                                frames=8), 0, 1))
+    assert batch["latents"].shape == (4, 3, 8, 16, 16) and meta["system_prompts"] == {
         "natural": demo.DEMO_PROMPTS["natural"],
         "synthetic": demo.DEMO_PROMPTS["synthetic"],
     }
