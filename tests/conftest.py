@@ -2,13 +2,19 @@
 bucket shape of every task is a compile); cheaper codegen cuts that to about a third
 without changing what is computed: LLVM at -O0 without its expensive passes, and XLA:CPU's
 classic elemental fusion emitters instead of the newer MLIR ones (which compile each fusion
-~2.5x slower on CPU). Subprocesses inherit it (`with_xla_flags` adds more)."""
+~2.5x slower on CPU). Subprocesses inherit it (`with_xla_flags` adds more).
+
+One thread per process for XLA's, BLAS's and OpenMP's own compute pools: the suite runs a
+process per core already (two xdist workers and their subprocesses), and idle pool threads
+spin-wait for work, burning the other process's CPU."""
 
 import os
 
 FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                "--xla_cpu_use_fusion_emitters=false")
+                "--xla_cpu_use_fusion_emitters=false --xla_cpu_multi_thread_eigen=false")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+for pool in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(pool, "1")
 
 from lumina_jax.cli import fewer_gc_passes  # noqa: E402
 
