@@ -15,11 +15,9 @@ cannot be a config mismatch (the same target loaded), so it is moved aside to
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
-import sys
 import zlib
 from pathlib import Path
 
@@ -126,19 +124,6 @@ def layout_problem(folder: Path, target, partial: bool = False) -> str | None:
     return None
 
 
-def _drop_abandoned_reads() -> None:
-    """A failed Orbax restore leaves its other array reads behind as coroutines that were
-    never awaited (their event loop closed); collected later, each prints an 'Exception
-    ignored' traceback (~100 for the tiny demo model). Collect them now, quietly: the
-    warning line already says what failed."""
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = hook
-
-
 class Checkpointer:
     """Orbax saves every `every` steps and keeps the latest `keep` (None: all) plus, with
     `keep_every` > 0, every step divisible by it for good; we add checksums and the
@@ -235,9 +220,6 @@ class Checkpointer:
                 print(f"WARNING: checkpoint {step} failed to restore ({self.failures[step]}); "
                       f"trying the previous one", flush=True)
                 continue
-            finally:
-                if step in self.failures:  # (outside `except`: its traceback holds them)
-                    _drop_abandoned_reads()
             if move_corrupt:
                 self._move_aside(sorted(self.failures))
             return step, restored["state"], meta, streams
