@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from data_pipelines.encoders import _mark_random, get_caption_encoder, minilm_path, round_up
-from data_pipelines.video import DecodeError, _rotate, check_file
+from data_pipelines.video import DecodeError, check_file, rgb_converter
 
 LOG_FLOOR = 1e-5  # mel magnitudes are clamped here before the log
 
@@ -616,8 +616,7 @@ def mux_audio(video_path: str, wave: np.ndarray, sample_rate: int, out_path: str
             rate = stream.average_rate or stream.guessed_rate
             if not rate:
                 raise DecodeError(f"unknown frame rate in {video_path}")
-            frames = (_rotate(f.to_ndarray(format="rgb24"), int(f.rotation or 0))
-                      for f in src.decode(stream))
+            frames = map(rgb_converter(), src.decode(stream))
             first = next(frames, None)
             if first is None:
                 raise DecodeError(f"no decodable frame in {video_path}")
