@@ -6,12 +6,15 @@ classic elemental fusion emitters instead of the newer MLIR ones (which compile 
 
 One thread per process for XLA's, BLAS's and OpenMP's own compute pools: the suite runs a
 process per core already (two xdist workers and their subprocesses), and idle pool threads
-spin-wait for work, burning the other process's CPU."""
+spin-wait for work, burning the other process's CPU. For the same reason XLA:CPU emits each
+executable as one LLVM module: splitting it for parallel codegen costs ~7% of a compile
+(llvm::SplitModule) and gains nothing on one thread."""
 
 import os
 
 FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                "--xla_cpu_use_fusion_emitters=false --xla_cpu_multi_thread_eigen=false")
+                "--xla_cpu_use_fusion_emitters=false --xla_cpu_multi_thread_eigen=false "
+                "--xla_cpu_parallel_codegen_split_count=1")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 for pool in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(pool, "1")
