@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import av
 import numpy as np
 
 from data_pipelines import video
@@ -22,6 +23,14 @@ def frames(n: int, height: int, width: int) -> np.ndarray:
         out[i] = STEP * i
         out[i, :8, :8] = 255
     return out
+
+
+def decoded_frames(path) -> np.ndarray:
+    """Every frame of a video file, RGB uint8 [F, H, W, 3], decoded by PyAV. (Not
+    imageio's PyAV plugin: its close() runs a full gc.collect(), ~0.5 s in a test worker
+    that holds JAX.)"""
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
 def frame_index(img: np.ndarray) -> int:

@@ -12,6 +12,7 @@ import imageio.v3 as iio
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from data_fixtures import decoded_frames
 from flax import nnx
 
 from lumina_jax import cli
@@ -227,7 +228,7 @@ def test_save_samples_writes_an_enlarged_preview_beside_each_clip(tmp_path):
     assert [os.path.basename(p) for p in paths] == ["latents.npz", "00_a_red_square.mp4",
                                                     "01_a_blue_circle.mp4"]  # as before
     for i, clip in enumerate(paths[1:]):
-        preview = iio.imread(clip[:-4] + ".preview.mp4", plugin="pyav")
+        preview = decoded_frames(clip[:-4] + ".preview.mp4")
         assert preview.shape == (4, 256, 384, 3)  # x16: the short side reaches 256 px
         # nearest neighbour: each 16x16 block is one source pixel (h264 is lossy)
         err = np.abs(preview[:, 8::16, 8::16].astype(int) - frames[i].astype(int))

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from data_fixtures import decoded_frames
 
 from lumina_jax.train.config import build, load_config
 
@@ -33,8 +34,6 @@ def test_the_recipe_config_and_its_miniature_build():
 
 @pytest.mark.slow
 def test_runlocal_trains_all_four_stages_and_writes_decoded_samples(tmp_path):
-    import imageio.v3 as iio
-
     proc = subprocess.run([sys.executable, "-m", "lumina_jax.cli", "train", "--config",
                            CONFIG + ":runlocal", "--workdir", str(tmp_path),
                            # one step per stage keeps the suite short; all four stages run
@@ -51,7 +50,7 @@ def test_runlocal_trains_all_four_stages_and_writes_decoded_samples(tmp_path):
     assert prepared["latent_encoder"] == "cogvideox" and prepared["caption_encoder"] == "gemma"
     samples = sorted((tmp_path / "samples").glob("*.mp4"))
     assert samples, list((tmp_path / "samples").iterdir())
-    frames = iio.imread(samples[0], plugin="pyav")
+    frames = decoded_frames(samples[0])
     # 4 latents of 12 x 20 decoded by the VAE (8x spatial, 4x temporal): 96 x 160 px
     assert frames.shape[1:3] == (96, 160) and frames.shape[0] >= 13, frames.shape
     assert np.load(next((tmp_path / "samples").glob("*latents.npz")))["latents"].shape == (

@@ -7,6 +7,7 @@ import sys
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from data_fixtures import decoded_frames
 from flax import nnx
 
 from lumina_jax.train.samples import SampleSpec, generate, save_samples
@@ -50,7 +51,7 @@ def test_vae_decode_writes_npz_then_8x_spatial_mp4s(vae, tmp_path, latent_frames
                                                         "step1_01_clip_1.mp4"]
     assert decoded.shape == (2, frames, 32, 48, 3) and decoded.dtype == np.uint8
     for p in paths[1:]:
-        assert iio.imread(p, plugin="pyav").shape == (frames, 32, 48, 3)
+        assert decoded_frames(p).shape == (frames, 32, 48, 3)
         assert os.path.exists(p[:-4] + ".gif")
 
 
@@ -73,7 +74,7 @@ def test_identity_decode_is_the_old_pixel_mapping(tmp_path):
     # The former to_frames: [-1, 1] -> [0, 255], rounded, channels last.
     old = np.moveaxis(np.clip((latents + 1.0) * 127.5, 0, 255).round().astype(np.uint8), 1, -1)
     np.testing.assert_array_equal(decoded, old)
-    assert iio.imread(paths[1], plugin="pyav").shape == (3, 4, 6, 3)
+    assert decoded_frames(paths[1]).shape == (3, 4, 6, 3)
     # Images are written as png.
     paths, _ = save_samples(latents[:, :, :1], spec_for(latents[:, :, :1]), str(tmp_path / "img"))
     assert [os.path.splitext(p)[1] for p in paths] == [".npz", ".png", ".png"]

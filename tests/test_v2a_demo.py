@@ -6,6 +6,7 @@ import os
 import av
 import numpy as np
 import pytest
+from data_fixtures import decoded_frames
 
 from data_pipelines import v2a_demo as V
 
@@ -28,11 +29,6 @@ def read_wave(path: str, sample_rate: int = SR, seconds: float | None = None) ->
     lead = int(round(start * sample_rate))
     wave = np.concatenate([np.zeros(lead, np.float32), wave]) if lead > 0 else wave[-lead:]
     return wave if seconds is None else wave[: int(round(seconds * sample_rate))]
-
-
-def read_frames(path: str) -> np.ndarray:
-    with av.open(path) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
 def lowest_row(frame: np.ndarray) -> int:
@@ -214,7 +210,7 @@ def test_video_touches_floor_at_bounce_times(dataset):
     for i, r in enumerate(recs):
         c = V.make_clip(np.random.default_rng((3, i)), colour=r["colour"], shape=r["shape"])
         assert np.allclose(c["bounce_times"], r["bounce_times"])
-        frames, p = read_frames(str(folder / r["path"])), c["physics"]
+        frames, p = decoded_frames(folder / r["path"]), c["physics"]
         v1 = np.sqrt(p["u0"] ** 2 + 2 * p["g"] * p["h0"])
         for k, t in enumerate(r["bounce_times"]):
             f = int(round(t * 16.0))
