@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import with_xla_flags
 
 from train_helpers import NO_SAMPLES, ROOT, TINY, per_step, train_cmd
 
@@ -208,7 +209,8 @@ def test_a_resume_that_restores_nothing_refuses_and_restart_moves_the_run_aside(
 def test_corrupt_steps_fall_back_to_the_last_good_one_moved_aside_and_saved_again(
         finished, demo_data, tmp_path):
     """Step 10 has one flipped byte (same size: only the checksum can tell), step 8 lost
-    the second half of every data file (a truncated copy): the resume takes step 6."""
+    the second half of every data file (a truncated copy): the resume takes step 6. The run
+    was trained on one device with replicated params; it resumes on 4 devices with FSDP."""
     workdir = copy_run(finished, tmp_path)
     ckpts = workdir / "checkpoints"
     files = [f for f in (ckpts / "10" / "state").rglob("*")
@@ -220,8 +222,11 @@ def test_corrupt_steps_fall_back_to_the_last_good_one_moved_aside_and_saved_agai
     for f in (ckpts / "8" / "state").rglob("*"):
         if f.is_file() and f.stat().st_size > 0 and "ocdbt" in str(f):
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    proc = run(workdir, demo_data, "--config.stages.2.steps=4", NO_SAMPLES)
+    proc = run(workdir, demo_data, "--config.stages.2.steps=4", "--config.mesh.data=1",
+               "--config.mesh.fsdp=-1", "--config.rules=fsdp", NO_SAMPLES,
+               env=with_xla_flags("--xla_force_host_platform_device_count=4"))
     out = proc.stdout + proc.stderr
+    assert "devices: 4 x cpu" in out
     assert "checkpoint 10 failed to restore (OSError: checksum mismatch" in out
     assert "checkpoint 8 failed to restore (OSError:" in out and "were saved" in out
     assert "resumed from step 6" in out
