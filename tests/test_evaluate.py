@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from lumina_jax.train.evaluate import evaluator_lines
 from train_helpers import ROOT
